@@ -1,0 +1,424 @@
+"""The `calae` command line. Thin: parse, validate, call library functions.
+
+Errors a user can cause (bad paths, options, data, checkpoints) print one line naming the problem
+and the fix, exit with status 2 and no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EPILOG = "Data specs: fractals[:kali|julia|mandelbrot|mix], mnist:DIR, digits, toy:NAME, or a folder of images."
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+class UserError(Exception):
+    pass
+
+
+def _positive_int(name):
+    def conv(s):
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a whole number >= 1, got {s!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v}")
+        return v
+    return conv
+
+
+def _positive_float(name):
+    def conv(s):
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number > 0, got {s!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {v}")
+        return v
+    return conv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .registry import METHODS, load_all
+
+    load_all()
+    p = _Parser(prog="calae", description="Adversarial latent autoencoders: train, evaluate and explore.",
+                epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"calae {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model (re-running the same command resumes it)", epilog=EPILOG)
+    t.add_argument("method", choices=sorted(METHODS), help="method to train")
+    t.add_argument("--data", help="data spec (default: fractals, or the preset's)")
+    t.add_argument("--out", required=True, help="run folder; an existing one with the same config is resumed")
+    t.add_argument("--resolution", type=_positive_int("--resolution"), help="image side in pixels")
+    t.add_argument("--channels", type=int, choices=(1, 3), help="1 (grayscale) or 3 (RGB)")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--kimg", type=_positive_float("--kimg"), help="training budget in thousands of images seen")
+    g.add_argument("--epochs", type=_positive_float("--epochs"), help="budget in passes over the data (converted to kimg)")
+    t.add_argument("--batch-size", type=_positive_int("--batch-size"), help="images per optimisation step (per process)")
+    t.add_argument("--lr", type=_positive_float("--lr"), help="learning rate (shortcut for --set lr=...)")
+    t.add_argument("--preset", help="named preset (see `calae list`); flags and --set override it")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a method or training config key (repeatable; model.KEY / train.KEY to disambiguate)")
+    t.add_argument("--precision", choices=("auto", "bf16", "fp32"),
+                   help="auto: bf16 autocast where it is fast (CPU AMX/AVX512-BF16, CUDA), else fp32")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default auto)")
+    t.add_argument("--seed", type=int, help="random seed (data order, initialisation, fixed sample noise)")
+    t.add_argument("--n-data", type=_positive_int("--n-data"), help="procedural dataset size / folder image limit")
+    t.add_argument("--fit", choices=("crop", "pad", "stretch"), help="how non-square images become square (default crop)")
+    t.add_argument("--download", action="store_true", help="mnist:DIR only: fetch the IDX files into DIR")
+    t.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and a parameter table, run one step of each phase, exit")
+    t.add_argument("--force", action="store_true",
+                   help="start over in an existing run folder (the old run is moved to OUT.previous-N)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="random samples from a trained model")
+    s.add_argument("run", help="run folder or snapshot .safetensors")
+    s.add_argument("--n", type=_positive_int("--n"), default=64, help="number of samples (default 64)")
+    s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    s.add_argument("--out", required=True, help="output .png (grid) or .npz (raw float arrays)")
+
+    r = sub.add_parser("reconstruct", help="real images next to their reconstructions")
+    r.add_argument("run", help="run folder or snapshot .safetensors")
+    r.add_argument("--data", help="data spec (default: the run's training data)")
+    r.add_argument("--n", type=_positive_int("--n"), default=32, help="number of images (default 32)")
+    r.add_argument("--seed", type=int, default=0, help="which images (default 0)")
+    r.add_argument("--out", required=True, help="output .png (real/reconstruction rows) or .npz")
+
+    i = sub.add_parser("interpolate", help="linear interpolations in code space between real images (GIF + PNG strip)")
+    i.add_argument("run", help="run folder or snapshot .safetensors")
+    i.add_argument("--data", help="data spec (default: the run's training data)")
+    i.add_argument("--steps", type=_positive_int("--steps"), default=16, help="frames per interpolation (default 16)")
+    i.add_argument("--pairs", type=_positive_int("--pairs"), default=4, help="pairs shown side by side (default 4)")
+    i.add_argument("--seed", type=int, default=0, help="which images (default 0)")
+    i.add_argument("--out", required=True, help="output .gif (a .png strip is written beside it)")
+
+    e = sub.add_parser("encode", help="codes of real images, with labels/parameters, as .npz")
+    e.add_argument("run", help="run folder or snapshot .safetensors")
+    e.add_argument("--data", help="data spec (default: the run's training data)")
+    e.add_argument("--n", type=_positive_int("--n"), default=1000, help="number of images (default 1000)")
+    e.add_argument("--out", required=True, help="output .npz (codes, labels, params)")
+
+    lt = sub.add_parser("latents", help="2-D map of the latent space (PCA or t-SNE), coloured by label or parameter")
+    lt.add_argument("run", help="run folder or snapshot .safetensors")
+    lt.add_argument("--data", help="data spec (default: the run's training data)")
+    lt.add_argument("--n", type=_positive_int("--n"), default=1000, help="number of images (default 1000)")
+    lt.add_argument("--projection", choices=("pca", "tsne"), default="pca", help="2-D projection (default pca)")
+    lt.add_argument("--color-by", default="auto", help="label, a parameter name (fractals), none, or auto")
+    lt.add_argument("--out", required=True, help="output .png (or .npz for the 2-D points)")
+
+    ev = sub.add_parser("eval", help="evaluate a trained model with offline metrics")
+    ev.add_argument("run", help="run folder or snapshot .safetensors")
+    ev.add_argument("--data", help="data spec (default: the run's training data)")
+    ev.add_argument("--metrics", help="comma-separated metric names (default: chosen for the data; see `calae list`)")
+    ev.add_argument("--n", type=_positive_int("--n"), default=2000, help="samples per metric (default 2000)")
+    ev.add_argument("--seed", type=int, default=0, help="seed (metrics are deterministic given it)")
+    ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+    sub.add_parser("list", help="methods, presets, datasets, priors and metrics")
+
+    f = sub.add_parser("fractals", help="render the procedural fractal dataset to PNGs")
+    f.add_argument("--n", type=_positive_int("--n"), default=64, help="number of images (default 64)")
+    f.add_argument("--resolution", type=_positive_int("--resolution"), default=64, help="image side (default 64)")
+    f.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 or 3 (default 3)")
+    f.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    f.add_argument("--family", default="any", help="any, kali, julia, mandelbrot or mix (default any)")
+    f.add_argument("--supersample", type=_positive_int("--supersample"), default=1, help="k x k samples per pixel")
+    f.add_argument("--out", required=True, help="output folder (PNGs, params.jsonl, preview.png)")
+
+    d = sub.add_parser("demo", help="the README's demo: train a VAE on fractals, write pictures")
+    d.add_argument("--out", default="demo", help="output folder (default demo)")
+    d.add_argument("--kimg", type=_positive_float("--kimg"), help="training budget (default: the demo preset's)")
+    return p
+
+
+# ---- commands ---------------------------------------------------------------------------------
+def cmd_train(a) -> int:
+    from .config import TrainConfig, apply_overrides, from_dict, preset
+    from .registry import METHODS
+    from .training import train
+
+    model: dict = {}
+    tr: dict = {"method": a.method}
+    if a.preset:
+        pr = preset(a.preset)
+        if pr["method"] != a.method:
+            raise UserError(f"preset {a.preset!r} is for method {pr['method']!r}, not {a.method!r}")
+        tr.update(pr["train"])
+        model.update(pr["model"])
+    for key, val in (("data", a.data), ("resolution", a.resolution), ("channels", a.channels), ("kimg", a.kimg),
+                     ("epochs", a.epochs), ("batch_size", a.batch_size), ("precision", a.precision),
+                     ("device", a.device), ("seed", a.seed), ("n_data", a.n_data), ("fit", a.fit)):
+        if val is not None:
+            tr[key] = val
+    if a.epochs is not None:
+        tr.pop("kimg", None)
+    if a.download:
+        tr["download"] = True
+    if a.lr is not None:
+        model["lr"] = a.lr
+    apply_overrides(tr, model, METHODS[a.method].Config, a.sets)
+    cfg = from_dict(TrainConfig, tr, "training config")
+    res = train(cfg, model, a.out, force=a.force, dry_run=a.dry_run, progress=not a.no_progress)
+    if not a.dry_run:
+        print(f"trained {res['kimg']:.2f} kimg in {res['time_s']:.0f} s ({res['skipped']} skipped steps); "
+              f"run folder: {res['out']}")
+    return 0
+
+
+def _load(run):
+    from .training.checkpoint import load_snapshot
+
+    return load_snapshot(run)
+
+
+def _data_for(model, spec: str | None):
+    from .data import open_dataset
+
+    train = getattr(model, "snapshot_meta", {}).get("train", {})
+    spec = spec or train.get("data")
+    if not spec:
+        raise UserError("this snapshot does not name its data; pass --data SPEC")
+    info = model.info
+    kw = {"seed": train.get("seed", 0)}
+    if info.kind == "image":
+        kw.update(resolution=info.resolution, channels=info.channels, fit=train.get("fit", "crop"))
+    ds = open_dataset(spec, **kw)
+    if ds.info.shape != info.shape:
+        raise UserError(f"data {spec!r} has items of shape {ds.info.shape}, the model expects {info.shape}")
+    return ds
+
+
+def _save_arrays(out: str, **arrays) -> None:
+    import numpy as np
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{out}.tmp{os.getpid()}.npz"
+    np.savez_compressed(tmp, **{k: v for k, v in arrays.items() if v is not None})
+    os.replace(tmp, out)
+
+
+def cmd_sample(a) -> int:
+    from . import explore
+    from .viz.grid import make_grid, save_image
+
+    m = _load(a.run)
+    x = explore.samples(m, a.n, a.seed)
+    if a.out.endswith(".npz"):
+        _save_arrays(a.out, samples=x.numpy())
+    else:
+        if m.info.kind != "image":
+            _scatter(x.numpy(), a.out, f"{a.n} samples")
+        else:
+            save_image(make_grid(explore.to_uint8(m, x)), a.out)
+    print(a.out)
+    return 0
+
+
+def _scatter(points, out, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
+    ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
+    ax.set_title(title)
+    ax.set_aspect("equal")
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def cmd_reconstruct(a) -> int:
+    from . import explore
+    from .viz.grid import save_image
+
+    m = _load(a.run)
+    ds = _data_for(m, a.data)
+    b = explore.load_real(m, ds, a.n, a.seed)
+    if a.out.endswith(".npz"):
+        _save_arrays(a.out, real=b.x.cpu().numpy(), reconstruction=explore.reconstructions(m, b.x).numpy(),
+                     labels=None if b.y is None else b.y.numpy())
+    else:
+        if m.info.kind != "image":
+            raise UserError("reconstruct draws images; for point data use --out FILE.npz")
+        save_image(explore.recon_grid(m, b.x), a.out)
+    print(a.out)
+    return 0
+
+
+def cmd_interpolate(a) -> int:
+    from . import explore
+
+    m = _load(a.run)
+    if m.info.kind != "image":
+        raise UserError("interpolate draws images; this model was trained on points")
+    ds = _data_for(m, a.data)
+    b = explore.load_real(m, ds, 2 * a.pairs, a.seed)
+    if b.x.shape[0] < 2 * a.pairs:
+        raise UserError(f"--pairs {a.pairs} needs {2 * a.pairs} images; the data has {b.x.shape[0]}")
+    paths = explore.write_interpolation(m, b.x, a.out, a.pairs, a.steps)
+    print("\n".join(map(str, paths)))
+    return 0
+
+
+def cmd_encode(a) -> int:
+    from . import explore
+
+    if not a.out.endswith(".npz"):
+        raise UserError(f"--out must end in .npz (codes are arrays), got {a.out!r}")
+    m = _load(a.run)
+    ds = _data_for(m, a.data)
+    b = explore.load_real(m, ds, a.n)
+    codes = explore.encode(m, b.x)
+    _save_arrays(a.out, codes=codes.numpy(), labels=None if b.y is None else b.y.numpy(),
+                 params=None if b.params is None else b.params.numpy())
+    print(a.out)
+    return 0
+
+
+def cmd_latents(a) -> int:
+    from . import explore
+
+    m = _load(a.run)
+    ds = _data_for(m, a.data)
+    if a.out.endswith(".npz"):
+        b = explore.load_real(m, ds, a.n)
+        codes = explore.encode(m, b.x).numpy()
+        _save_arrays(a.out, xy=explore.project_2d(codes, a.projection), labels=None if b.y is None else b.y.numpy())
+    else:
+        try:
+            explore.latent_map(m, ds, a.out, n=a.n, method=a.projection, color_by=a.color_by)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    print(a.out)
+    return 0
+
+
+def cmd_eval(a) -> int:
+    from .metrics import default_metrics, evaluate
+
+    m = _load(a.run)
+    ds = _data_for(m, a.data)
+    names = [s for s in (a.metrics or "").split(",") if s] or default_metrics(ds.info)
+    res = evaluate(m, ds, names, n=a.n, seed=a.seed)
+    if a.json:
+        print(json.dumps(res))
+    else:
+        w = max(len(k) for k in res) if res else 10
+        for k, v in res.items():
+            print(f"{k.ljust(w)}  {v:.6g}")
+    return 0
+
+
+def cmd_list(a) -> int:
+    from .data.fractals import FAMILIES
+    from .registry import DATASETS, METHODS, METRICS, PRESETS, PRIORS
+
+    print("methods:  " + ", ".join(sorted(METHODS)))
+    print("datasets: " + ", ".join(["fractals", *[f"fractals:{f}" for f in FAMILIES if f != "any"], "mnist:DIR",
+                                    "digits", "toy:8gaussians", "toy:2spirals", "toy:checkerboard", "toy:rings",
+                                    "PATH (folder of images)"]))
+    if PRIORS:
+        print("priors:   " + ", ".join(sorted(PRIORS)))
+    if METRICS:
+        print("metrics:  " + ", ".join(sorted(METRICS)))
+    print("presets:")
+    for name in sorted(PRESETS):
+        pr = PRESETS[name]
+        print(f"  {name:<22} {pr['method']:<15} {pr['doc']}")
+    _ = DATASETS
+    return 0
+
+
+def cmd_fractals(a) -> int:
+    from .data.fractals import FAMILIES, export
+
+    if a.family not in FAMILIES:
+        raise UserError(f"--family must be one of {', '.join(FAMILIES)}; got {a.family!r}")
+    out = export(a.out, a.n, resolution=a.resolution, seed=a.seed, family=a.family, channels=a.channels,
+                 supersample=a.supersample)
+    print(f"wrote {a.n} images, params.jsonl and preview.png to {out}")
+    return 0
+
+
+def cmd_demo(a) -> int:
+    """Train the demo VAE on fractals and write every picture the README shows."""
+    from . import explore
+    from .config import TrainConfig, from_dict, preset
+    from .data import open_dataset
+    from .training import load_snapshot, train
+    from .viz.grid import save_image
+
+    out = Path(a.out)
+    pr = preset("vae-fractals")
+    tr = dict(pr["train"], method="vae", sample_every_kimg=2.0, snapshot_every_kimg=5.0)
+    if a.kimg:
+        tr["kimg"] = a.kimg
+    train(from_dict(TrainConfig, tr), dict(pr["model"]), out / "run")
+    m = load_snapshot(out / "run")
+    ds = open_dataset(tr["data"], resolution=m.info.resolution, channels=m.info.channels)
+    save_image(explore.sample_grid(m, 64, seed=1), out / "samples.png", upscale=2)
+    real = explore.load_real(m, ds, 16, seed=3)
+    save_image(explore.recon_grid(m, real.x), out / "reconstructions.png", upscale=2)
+    explore.write_interpolation(m, explore.load_real(m, ds, 8, seed=5).x, out / "interpolation.gif")
+    explore.latent_map(m, ds, out / "latents.png", n=600)
+    print(f"\npictures in {out}/: samples.png reconstructions.png interpolation.gif interpolation.png latents.png")
+    print(f"run folder (losses.png, progress.gif, stats.jsonl, snapshot): {out / 'run'}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
+            "interpolate": cmd_interpolate, "encode": cmd_encode, "latents": cmd_latents, "eval": cmd_eval,
+            "list": cmd_list, "fractals": cmd_fractals, "demo": cmd_demo}
+
+
+def _user_errors() -> tuple[type, ...]:
+    from .config import ConfigError
+    from .data.base import DataError
+    from .training.checkpoint import CheckpointError
+
+    errs: list[type] = [UserError, ConfigError, DataError, CheckpointError, FileNotFoundError, PermissionError]
+    try:
+        from .metrics import MetricError
+
+        errs.append(MetricError)
+    except ImportError:
+        pass
+    return tuple(errs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    from .training.loop import TrainingDiverged
+
+    try:
+        return COMMANDS[a.cmd](a)
+    except _user_errors() as e:
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
+        print(f"calae {a.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"calae {a.cmd}: error: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"calae {a.cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Typed configuration: the training config, method configs, presets and --set overrides.
+
+Two dataclasses describe a run: `TrainConfig` (data, budget, precision, intervals: the loop's
+business) and the method's own config dataclass (networks and loss weights). Both validate in
+``__post_init__`` with messages that name the option and the allowed range; unknown keys are
+errors. Budgets are counted in images seen (kimg) so presets survive batch-size changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .registry import PRESETS
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the CLI prints it on one line and exits 2."""
+
+
+def check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def check_choice(name: str, value: Any, choices) -> None:
+    check(value in choices, f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def check_range(name: str, value: float, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False) -> None:
+    ok = True
+    if lo is not None:
+        ok &= value > lo if lo_open else value >= lo
+    if hi is not None:
+        ok &= value <= hi
+    if not ok:
+        lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+        hi_s = "" if hi is None else f"<= {hi}"
+        check(False, f"{name} must be {' and '.join(s for s in (lo_s, hi_s) if s)}; got {value}")
+
+
+@dataclass
+class TrainConfig:
+    method: str = "vae"
+    data: str = "fractals"
+    resolution: int | None = None  # None: the source's default (fractals 64, mnist 28, digits 16)
+    channels: int | None = None  # None: the source's default
+    n_data: int | None = None  # size of procedural data; a limit for folders
+    fit: str = "crop"  # non-square images: crop | pad | stretch
+    download: bool = False  # mnist:DIR only
+    kimg: float = 50.0  # training budget in thousands of images seen
+    epochs: float | None = None  # convenience: converted to kimg from the dataset size
+    batch_size: int = 32
+    seed: int = 0
+    precision: str = "auto"  # auto | bf16 | fp32
+    device: str = "auto"  # auto | cpu | cuda
+    log_every_kimg: float = 0.5
+    sample_every_kimg: float = 5.0
+    snapshot_every_kimg: float = 10.0
+    metrics: str = ""  # comma-separated metric names evaluated at metrics_every_kimg
+    metrics_every_kimg: float = 0.0
+    metrics_n: int = 1000
+    grad_clip: float = 0.0  # 0: off
+    max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
+    prefetch: int = 4  # batches prepared ahead by the data thread
+
+    def __post_init__(self):
+        check_range("--kimg", self.kimg, 0, lo_open=True)
+        if self.epochs is not None:
+            check_range("--epochs", self.epochs, 0, lo_open=True)
+        check_range("--batch-size", self.batch_size, 1, 65536)
+        check_choice("--precision", self.precision, ("auto", "bf16", "fp32"))
+        check_choice("--device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("fit", self.fit, ("crop", "pad", "stretch"))
+        if self.resolution is not None:
+            check_range("--resolution", self.resolution, 4, 1024)
+        if self.channels is not None:
+            check_choice("--channels", self.channels, (1, 3))
+        for k in ("log_every_kimg", "sample_every_kimg", "snapshot_every_kimg", "metrics_every_kimg"):
+            check_range(k, getattr(self, k), 0)
+        check_range("max_bad_steps", self.max_bad_steps, 1)
+        check_range("prefetch", self.prefetch, 1, 64)
+
+
+def to_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def from_dict(cls, d: dict, what: str = "config"):
+    """Build a dataclass from a dict; unknown keys are an error that lists the known ones."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    check(not unknown, f"unknown {what} key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kw = {}
+    for f in fields(cls):
+        if f.name in d:
+            v = d[f.name]
+            if isinstance(v, list) and "tuple" in str(f.type):
+                v = tuple(v)
+            kw[f.name] = v
+    try:
+        return cls(**kw)
+    except TypeError as e:
+        raise ConfigError(f"bad {what}: {e}") from None
+
+
+def parse_value(text: str) -> Any:
+    """--set values: JSON when it parses (numbers, true/false, lists), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(train: dict, model: dict, model_cls, sets: list[str]) -> None:
+    """Apply --set KEY=VALUE (or model.KEY / train.KEY) to the two config dicts in place."""
+    model_keys = {f.name for f in fields(model_cls)}
+    train_keys = {f.name for f in fields(TrainConfig)}
+    for item in sets:
+        key, sep, val = item.partition("=")
+        check(bool(sep) and bool(key), f"--set expects KEY=VALUE, got {item!r}")
+        scope, dot, name = key.partition(".")
+        if dot and scope in ("model", "train"):
+            target = model if scope == "model" else train
+            known = model_keys if scope == "model" else train_keys
+        else:
+            name = key
+            target, known = (model, model_keys) if key in model_keys else (train, train_keys)
+        check(name in known, f"--set: unknown key {key!r}; method keys: {', '.join(sorted(model_keys))}")
+        target[name] = parse_value(val)
+
+
+def preset(name: str) -> dict:
+    check(name in PRESETS, f"unknown preset {name!r}; see `calae list` (known: {', '.join(sorted(PRESETS))})")
+    return PRESETS[name]
+
+
+def add_preset(name: str, method: str, doc: str, train: dict | None = None, model: dict | None = None):
+    """One row per preset: method, a one-line description, training and model overrides."""
+    PRESETS[name] = {"method": method, "doc": doc, "train": dict(train or {}), "model": dict(model or {})}
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's config: optimiser and EMA knobs shared by all methods."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self):
+        check_range("lr", self.lr, 0, 1, lo_open=True)
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+              f"betas must be two numbers in [0, 1); got {self.betas}")
+
+
+__all__ = ["TrainConfig", "MethodConfig", "ConfigError", "check", "check_choice", "check_range",
+           "to_dict", "from_dict", "apply_overrides", "preset", "add_preset", "parse_value", "field"]

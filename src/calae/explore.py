@@ -1,0 +1,163 @@
+"""Using a trained model: samples, reconstructions, interpolations, codes and latent maps.
+
+Everything here goes through the inference surface (encode / decode / sample / reconstruct) with
+the networks in eval mode, so it works for every method and for snapshots loaded without any
+training code.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.base import Batch, Dataset, from_model_range, to_model_range
+from .viz.grid import make_grid, save_gif, save_image
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Eval mode and no_grad for the duration; the previous mode is restored afterwards."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was)
+
+
+def fixed_indices(dataset: Dataset, n: int, seed: int = 0) -> torch.Tensor:
+    """n item indices that are the same every time (frames of a run compare)."""
+    g = torch.Generator().manual_seed(seed + 12345)
+    n = min(n, len(dataset))
+    return torch.randperm(len(dataset), generator=g)[:n]
+
+
+def load_real(model, dataset: Dataset, n: int, seed: int = 0) -> Batch:
+    b = dataset.get(fixed_indices(dataset, n, seed))
+    x = to_model_range(b.x, model.value_range).to(model.device())
+    return Batch(x, b.y, b.params)
+
+
+def _batched(fn, x: torch.Tensor, bs: int = 256) -> torch.Tensor:
+    return torch.cat([fn(x[i:i + bs]) for i in range(0, x.shape[0], bs)]) if x.shape[0] else x
+
+
+def samples(model, n: int, seed: int = 0) -> torch.Tensor:
+    """Float samples in the model range [n, ...]."""
+    with eval_mode(model):
+        return model.sample(n, seed).float().cpu()
+
+
+def to_uint8(model, x: torch.Tensor) -> torch.Tensor:
+    return from_model_range(x, model.value_range)
+
+
+def sample_grid(model, n: int = 64, seed: int = 0) -> torch.Tensor:
+    return make_grid(to_uint8(model, samples(model, n, seed)))
+
+
+def reconstructions(model, x: torch.Tensor) -> torch.Tensor:
+    with eval_mode(model):
+        return _batched(model.reconstruct, x).float().cpu()
+
+
+def recon_grid(model, x: torch.Tensor, per_row: int = 8) -> torch.Tensor:
+    """Rows alternate: real images, then their reconstructions."""
+    rec = reconstructions(model, x)
+    real_u8, rec_u8 = to_uint8(model, x.cpu()), to_uint8(model, rec)
+    rows = []
+    for i in range(0, x.shape[0], per_row):
+        rows += [real_u8[i:i + per_row], rec_u8[i:i + per_row]]
+    return make_grid(torch.cat(rows), nrow=per_row)
+
+
+def encode(model, x: torch.Tensor) -> torch.Tensor:
+    with eval_mode(model):
+        return _batched(model.encode, x).float().cpu()
+
+
+def interpolation_frames(model, x: torch.Tensor, pairs: int = 4, steps: int = 16) -> list[torch.Tensor]:
+    """Linear interpolation in the code space between pairs (x[2i], x[2i+1]): one grid per step.
+
+    Returns `steps` frames, each a row of `pairs` images; a GIF of them plays every pair at once.
+    """
+    need = 2 * pairs
+    if x.shape[0] < need:
+        raise ValueError(f"need {need} images for {pairs} pairs, got {x.shape[0]}")
+    with eval_mode(model):
+        w = model.encode(x[:need]).float()
+        wa, wb = w[0::2], w[1::2]  # [P, d]
+        frames = []
+        for t in torch.linspace(0, 1, steps):
+            img = model.decode((1 - t) * wa + t * wb).float().cpu()  # [P, C, H, W]
+            frames.append(make_grid(to_uint8(model, img), nrow=pairs))
+    return frames
+
+
+def interpolation_strip(frames: list[torch.Tensor], model=None) -> torch.Tensor:
+    """Frames stacked vertically -> one PNG showing every step (pairs across, steps down)."""
+    return torch.cat(frames, dim=1)
+
+
+def write_interpolation(model, x: torch.Tensor, out: str | Path, pairs: int = 4, steps: int = 16) -> list[Path]:
+    out = Path(out)
+    frames = interpolation_frames(model, x, pairs, steps)
+    strip = out.with_suffix(".png")
+    # ping-pong so the loop is smooth
+    save_gif(frames + frames[-2:0:-1], out.with_suffix(".gif"), duration_ms=90, upscale=_upscale(frames[0]))
+    save_image(interpolation_strip(frames), strip, upscale=_upscale(frames[0]))
+    return [out.with_suffix(".gif"), strip]
+
+
+def _upscale(img: torch.Tensor) -> int:
+    side = max(img.shape[-2:])
+    return max(1, 256 // side) if side < 256 else 1
+
+
+def latent_map(model, dataset: Dataset, out: str | Path, n: int = 1000, method: str = "pca",
+               color_by: str = "auto", seed: int = 0) -> Path:
+    """2-D map of the codes (PCA or t-SNE), coloured by label or by a generating parameter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batch = load_real(model, dataset, n, seed)
+    codes = encode(model, batch.x).numpy().astype(np.float64)
+    xy = project_2d(codes, method, seed)
+    colour, label = None, None
+    if batch.y is not None and color_by in ("auto", "label"):
+        colour, label = batch.y.numpy(), "label"
+    elif batch.params is not None and color_by != "none":
+        names = getattr(dataset, "param_names", None) or [f"param{i}" for i in range(batch.params.shape[1])]
+        j = names.index(color_by) if color_by in names else 0
+        colour, label = batch.params[:, j].numpy(), names[j]
+    fig, ax = plt.subplots(figsize=(6, 6), dpi=110)
+    sc = ax.scatter(xy[:, 0], xy[:, 1], c=colour, s=6, cmap="tab10" if label == "label" else "viridis")
+    if colour is not None:
+        fig.colorbar(sc, ax=ax, label=label)
+    ax.set_title(f"{model.name} codes ({codes.shape[1]}-D) by {method.upper()}")
+    ax.set_xticks([]), ax.set_yticks([])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def project_2d(codes: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+    if codes.shape[1] <= 2:
+        return np.pad(codes, ((0, 0), (0, 2 - codes.shape[1])))
+    if method == "tsne":
+        try:
+            from sklearn.manifold import TSNE
+        except ImportError as e:
+            raise ValueError("t-SNE needs scikit-learn: pip install 'calae[metrics]' (or use --projection pca)") from e
+        return TSNE(2, random_state=seed, init="pca", perplexity=min(30, len(codes) - 1)).fit_transform(codes)
+    c = codes - codes.mean(0)
+    _, _, vt = np.linalg.svd(c, full_matrices=False)
+    return c @ vt[:2].T

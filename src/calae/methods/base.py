@@ -1,0 +1,115 @@
+"""The method contract: config + networks + an explicit list of phases + the inference surface.
+
+A method is an ``nn.Module`` holding its networks in ``self.nets`` (and EMA copies in
+``self.ema``). Training mechanics (requires_grad, zero_grad, backward, step, EMA, autocast,
+intervals) belong to the loop in ``calae.training.loop``; a loss function only computes tensors.
+Every method exposes ``encode / decode / sample / reconstruct``; metrics, pictures and the CLI use
+nothing else.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..config import MethodConfig
+from ..data.base import Batch, DataInfo
+
+
+@dataclass
+class StepContext:
+    """What a loss may know about where training is."""
+
+    step: int  # optimisation steps done so far (this one excluded)
+    kimg: float  # thousands of images seen so far
+    total_kimg: float
+
+
+LossFn = Callable[["Method", Batch, StepContext], dict]
+
+
+@dataclass
+class Phase:
+    """One update: which networks learn, with which optimizer, from which loss, how often.
+
+    ``loss`` returns a dict of named scalar tensors; key "loss" is minimised, the rest logged.
+    ``active`` is an optional schedule gate consulted by the loop (e.g. warm-up).
+    """
+
+    name: str
+    nets: tuple[str, ...]
+    optimizer: str
+    loss: LossFn
+    every: int = 1
+    active: Callable[[StepContext], bool] | None = None
+
+
+@dataclass
+class OptimizerSpec:
+    nets: tuple[str, ...]
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_mult: dict | None = None  # per-net learning-rate multipliers
+
+
+class Method(nn.Module):
+    name: str = ""
+    Config: type = MethodConfig
+    value_range: str = "tanh"  # how images are scaled for this model: tanh [-1, 1] or unit [0, 1]
+    conv: bool = True  # channels_last pays off for convolutional nets
+
+    def __init__(self, cfg: MethodConfig, info: DataInfo):
+        super().__init__()
+        self.cfg, self.info = cfg, info
+        self.nets = nn.ModuleDict()
+        self.ema = nn.ModuleDict()
+
+    # ---- training description -------------------------------------------------------------
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        raise NotImplementedError
+
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    def ema_halflife_kimg(self) -> float:
+        return getattr(self.cfg, "ema_kimg", 0.0)
+
+    def make_ema(self, names: tuple[str, ...]) -> None:
+        """Frozen copies of the named networks, updated by the loop, used for inference."""
+        for n in names:
+            self.ema[n] = copy.deepcopy(self.nets[n]).requires_grad_(False)
+
+    def net(self, name: str) -> nn.Module:
+        """The network used for inference: its EMA copy when one exists."""
+        return self.ema[name] if name in self.ema else self.nets[name]
+
+    # ---- inference surface -------------------------------------------------------------------
+    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        dev = next(self.parameters()).device
+        z = torch.randn(n, self.z_dim, generator=generator)
+        return z.to(dev)
+
+    @property
+    def z_dim(self) -> int:
+        return self.cfg.z_dim
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(seed))
+        return self.decode(self.prior(n, g))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def device(self) -> torch.device:
+        return next(self.parameters()).device

@@ -1,0 +1,134 @@
+"""VAE (Kingma & Welling 2014): the baseline every other method is compared against (seed 004).
+
+E(x) -> (μ, log σ²); z = μ + σ·ε; x̂ = G(z).
+loss = β_rec · Σ_pixels rec(x, x̂) + β_kl · KL(N(μ, σ²) || N(0, I)), mean over the batch (methods.md §1).
+One phase updates E and G together.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..config import MethodConfig, add_preset, check_choice, check_range
+from ..data.base import Batch, DataInfo
+from ..losses import kl_normal, recon_loss, reparameterize
+from ..nets import MLP, ConvDecoder, ConvEncoder
+from ..registry import METHODS, register
+from .base import Method, OptimizerSpec, Phase, StepContext
+
+
+@dataclass
+class VAEConfig(MethodConfig):
+    z_dim: int = 64
+    beta_rec: float = 1.0
+    beta_kl: float = 1.0
+    recon: str = "mse"  # mse (images in [-1, 1]) | bce (images in [0, 1], decoder emits logits)
+    arch: str = "auto"  # auto: mlp for points, conv for images | conv | mlp
+    base_channels: int = 32
+    max_channels: int = 256
+    hidden: int = 256  # mlp width
+    depth: int = 3  # mlp hidden layers
+    norm: bool = False  # BatchNorm in residual blocks (off: consistent train/eval at small batch)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_range("z_dim", self.z_dim, 1, 4096)
+        check_range("beta_rec", self.beta_rec, 0, lo_open=True)
+        check_range("beta_kl", self.beta_kl, 0)
+        check_choice("recon", self.recon, ("mse", "bce"))
+        check_choice("arch", self.arch, ("auto", "conv", "mlp"))
+        check_range("base_channels", self.base_channels, 1, 1024)
+
+
+def build_encoder_decoder(cfg, info: DataInfo, enc_out: int):
+    """E: data -> enc_out, G: z -> data, chosen by cfg.arch from the dataset's description."""
+    arch = cfg.arch
+    if arch == "auto":
+        arch = "mlp" if info.kind == "points" else "conv"
+    if arch == "conv":
+        if info.kind != "image":
+            raise ValueError("arch=conv needs image data; use arch=mlp for points")
+        E = ConvEncoder(info.channels, info.resolution, enc_out, cfg.base_channels, cfg.max_channels, cfg.norm)
+        G = ConvDecoder(info.channels, info.resolution, cfg.z_dim, cfg.base_channels, cfg.max_channels, cfg.norm)
+    else:
+        E = MLP(info.numel, enc_out, cfg.hidden, cfg.depth)
+        G = _Unflatten(MLP(cfg.z_dim, info.numel, cfg.hidden, cfg.depth), info.shape)
+    return E, G, arch
+
+
+class _Unflatten(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, shape: tuple[int, ...]):
+        super().__init__()
+        self.net, self.shape = net, tuple(shape)
+
+    def forward(self, z):
+        return self.net(z).view(z.shape[0], *self.shape)
+
+
+class VAEBase(Method):
+    """Shared by the Gaussian-posterior methods (VAE, Soft-IntroVAE, ...): E, G and their surface."""
+
+    def __init__(self, cfg, info: DataInfo):
+        super().__init__(cfg, info)
+        E, G, arch = build_encoder_decoder(cfg, info, 2 * cfg.z_dim)
+        self.nets["E"], self.nets["G"] = E, G
+        self.conv = arch == "conv"
+        self.value_range = "unit" if cfg.recon == "bce" else "tanh"
+
+    def posterior(self, x: torch.Tensor, E: torch.nn.Module | None = None):
+        mu, logvar = (E or self.nets["E"])(x).float().chunk(2, dim=1)  # [N, z] each
+        return mu, logvar
+
+    def output(self, logits: torch.Tensor) -> torch.Tensor:
+        """Decoder output in the data range (sigmoid of logits under BCE)."""
+        return torch.sigmoid(logits) if self.cfg.recon == "bce" else logits
+
+    def encode(self, x):
+        return self.posterior(x, self.net("E"))[0]
+
+    def decode(self, w):
+        return self.output(self.net("G")(w).float())
+
+    def elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-item negative loss −(β_rec·rec + β_kl·KL) with z = μ (used by the 2-D toy metrics)."""
+        mu, logvar = self.posterior(x, self.net("E"))
+        rec = recon_loss(self.net("G")(mu), x, self.cfg.recon, reduce=False)
+        return -(self.cfg.beta_rec * rec + self.cfg.beta_kl * kl_normal(mu, logvar, reduce=False))
+
+
+@register(METHODS, "vae")
+class VAE(VAEBase):
+    name = "vae"
+    Config = VAEConfig
+
+    def optimizers(self):
+        return {"EG": OptimizerSpec(("E", "G"), self.cfg.lr, tuple(self.cfg.betas))}
+
+    def phases(self):
+        return [Phase("vae", ("E", "G"), "EG", vae_loss)]
+
+
+def vae_loss(m: VAE, batch: Batch, ctx: StepContext) -> dict:
+    """β_rec·Σ rec(x, G(z)) + β_kl·KL(q(z|x) || N(0, I)), z = μ + σ·ε (methods.md §1)."""
+    x, cfg = batch.x, m.cfg
+    mu, logvar = m.posterior(x)
+    x_hat = m.nets["G"](reparameterize(mu, logvar))
+    rec = recon_loss(x_hat, x, cfg.recon)
+    kl = kl_normal(mu, logvar)
+    return {"loss": cfg.beta_rec * rec + cfg.beta_kl * kl, "rec": rec, "kl": kl}
+
+
+add_preset("vae-fractals", "vae", "VAE on 64 px fractals (the demo)",
+           train={"data": "fractals", "resolution": 64, "batch_size": 32, "kimg": 40},
+           model={"z_dim": 128, "base_channels": 32, "lr": 5e-4})
+add_preset("vae-digits", "vae", "VAE on scikit-learn digits at 16 px",
+           train={"data": "digits", "resolution": 16, "batch_size": 64, "kimg": 60},
+           model={"z_dim": 16, "base_channels": 32, "lr": 1e-3})
+add_preset("vae-mnist", "vae", "VAE on MNIST IDX files (use --data mnist:DIR)",
+           train={"data": "mnist:data/mnist", "resolution": 28, "batch_size": 128, "kimg": 600},
+           model={"z_dim": 32, "base_channels": 32, "lr": 1e-3})
+add_preset("vae-toy", "vae", "VAE on a 2-D toy (MLP 3x256, z 2)",
+           train={"data": "toy:8gaussians", "batch_size": 512, "kimg": 2000},
+           model={"z_dim": 2, "arch": "mlp", "hidden": 256, "depth": 3, "beta_kl": 0.3, "beta_rec": 0.2,
+                  "lr": 2e-4})

@@ -1,0 +1,428 @@
+"""The one training loop. It owns every mechanic; methods only describe phases and losses.
+
+Per step: fetch a batch (prefetched by a thread), scale it to the model's range once on the
+device, then for each phase: make only the phase's networks trainable, zero their gradients,
+one fresh forward of the phase's loss under autocast, backward, average gradients across ranks,
+guard against non-finite values (skip and count), clip, step. Then update EMA copies, log, draw
+pictures and checkpoint at intervals counted in images seen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import explore
+from ..config import ConfigError, TrainConfig, from_dict, to_dict
+from ..data import open_dataset
+from ..data.base import Batch, DataInfo, to_model_range
+from ..registry import METHODS, load_all
+from ..viz.grid import save_gif, save_image
+from . import distributed as dist
+from .checkpoint import atomic_write_text, load_state, save_snapshot, save_state
+from .stats import StatsWriter, read_stats
+from .stream import BatchStream
+
+# Keys that may change between the run that wrote a folder and the command that resumes it.
+SCHEDULE_KEYS = {"kimg", "epochs", "log_every_kimg", "sample_every_kimg", "snapshot_every_kimg", "metrics",
+                 "metrics_every_kimg", "metrics_n", "prefetch", "device", "max_bad_steps"}
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX tiles or AVX-512 BF16: where bf16 matmuls/convolutions beat fp32 (≈7x with AMX)."""
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    avx = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    return bool(amx or avx)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. `auto` picks bf16 only where it is fast."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def build_optimizers(method, specs) -> dict[str, torch.optim.Optimizer]:
+    opts = {}
+    for name, spec in specs.items():
+        groups = []
+        for n in spec.nets:
+            mult = (spec.lr_mult or {}).get(n, 1.0)
+            groups.append({"params": list(method.nets[n].parameters()), "lr": spec.lr * mult, "name": n})
+        opts[name] = torch.optim.Adam(groups, lr=spec.lr, betas=spec.betas)
+    return opts
+
+
+class Trainer:
+    """Builds a run from configs and trains it; re-running on the same folder resumes it."""
+
+    def __init__(self, train: TrainConfig, model: dict, out: str | os.PathLike | None, force: bool = False,
+                 progress: bool = True, log=None):
+        load_all()
+        if train.method not in METHODS:
+            raise ConfigError(f"unknown method {train.method!r}; choose one of {', '.join(sorted(METHODS))}")
+        self.cfg = train
+        self.out = Path(out) if out is not None else None
+        self.rank, self.world, _ = dist.setup(resolve_device(train.device).type)
+        self.device = resolve_device(train.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.main = self.rank == 0
+        self.progress = progress and self.main
+        self.log = (log or (lambda s: print(s, file=sys.stderr))) if self.main else (lambda s: None)
+        self.amp = resolve_precision(train.precision, self.device)
+
+        self.dataset = open_dataset(train.data, resolution=train.resolution, channels=train.channels,
+                                    n=train.n_data, seed=train.seed, fit=train.fit, download=train.download)
+        cls = METHODS[train.method]
+        self.model_cfg = from_dict(cls.Config, model, f"{train.method} config")
+        torch.manual_seed(train.seed)
+        self.method = cls(self.model_cfg, self.dataset.info).to(self.device)
+        if self.method.conv and self.device.type in ("cpu", "cuda"):
+            self.method.to(memory_format=torch.channels_last)
+        dist.broadcast_module(self.method)
+        self.optimizers = build_optimizers(self.method, self.method.optimizers())
+        self.phases = self.method.phases()
+        self.total_kimg = train.kimg
+        if train.epochs is not None:
+            self.total_kimg = train.epochs * len(self.dataset) / 1000.0
+        self.images_per_step = train.batch_size * self.world
+        self.total_steps = max(1, math.ceil(self.total_kimg * 1000 / self.images_per_step))
+        self.resolved = {
+            "method": train.method,
+            "train": to_dict(train),
+            "model": json.loads(json.dumps(to_dict(self.model_cfg))),
+            "info": to_dict(self.dataset.info),
+            "precision": "bf16" if self.amp is not None else "fp32",
+            "world_size": self.world,
+        }
+        self.counters = {"step": 0, "kimg": 0.0, "skipped": 0, "frames": [], "time_s": 0.0}
+        self.force = force
+
+    # ---- run folder ----------------------------------------------------------------------------
+    def _prepare_folder(self) -> bool:
+        """Create or check the run folder; returns True when resuming."""
+        out = self.out
+        cfg_path = out / "config.json"
+        if cfg_path.exists():
+            try:
+                old = json.loads(cfg_path.read_text())
+            except json.JSONDecodeError:
+                raise ConfigError(f"{cfg_path} is not valid JSON; remove it or use --force to start over") from None
+            diff = _config_diff(old, self.resolved)
+            if diff and not self.force:
+                raise ConfigError(f"{out} holds a run with a different config ({', '.join(diff[:6])}); "
+                                  "use another --out or pass --force to start over (the old run is kept aside)")
+            if self.force:
+                if self.main:
+                    k = 1
+                    while Path(f"{out}.previous-{k}").exists():
+                        k += 1
+                    shutil.move(str(out), f"{out}.previous-{k}")
+                    self.log(f"--force: moved the previous run to {out}.previous-{k}")
+                dist.barrier()
+            elif (out / "state.safetensors").exists():
+                return True
+        if self.main:
+            (out / "samples").mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cfg_path, json.dumps(self.resolved, indent=2))
+        dist.barrier()
+        return False
+
+    def _resume(self) -> None:
+        self.counters = load_state(self.out / "state.safetensors", self.method, self.optimizers)
+        self.log(f"resuming {self.out} at {self.counters['kimg']:.2f} kimg (step {self.counters['step']})")
+
+    def _checkpoint(self) -> None:
+        if not self.main:
+            return
+        save_state(self.out / "state.safetensors", self.method, self.optimizers, self.counters)
+        save_snapshot(self.method, self.out / "snapshot.safetensors", self.resolved["train"],
+                      {"kimg": self.counters["kimg"], "step": self.counters["step"]})
+
+    # ---- mechanics -----------------------------------------------------------------------------
+    def _to_model(self, b: Batch) -> Batch:
+        b = b.to(self.device)
+        x = to_model_range(b.x, self.method.value_range)
+        if self.method.conv and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return Batch(x, b.y, b.params)
+
+    def _set_trainable(self, names: tuple[str, ...]) -> None:
+        for n, net in self.method.nets.items():
+            net.requires_grad_(n in names)
+
+    def run_phase(self, phase, batch: Batch, ctx) -> dict[str, float] | None:
+        """One update of one phase. Returns the logged values, or None when the step was skipped."""
+        opt = self.optimizers[phase.optimizer]
+        self._set_trainable(phase.nets)
+        opt.zero_grad(set_to_none=True)
+        params = [p for n in phase.nets for p in self.method.nets[n].parameters()]
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            out = phase.loss(self.method, batch, ctx)
+        loss = out["loss"]
+        bad = torch.tensor(0.0 if bool(torch.isfinite(loss)) else 1.0, device=self.device)
+        if bad.item() == 0.0:
+            loss.backward()
+        bad = dist.allreduce_grads(params, bad)
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf"))
+        if float(bad) > 0 or not bool(torch.isfinite(norm)):
+            opt.zero_grad(set_to_none=True)
+            return None
+        opt.step()
+        return {f"{phase.name}/{k}": float(v.detach()) for k, v in out.items()}
+
+    def _update_ema(self) -> None:
+        hl = self.method.ema_halflife_kimg()
+        if not len(self.method.ema) or hl <= 0:
+            return
+        beta = 0.5 ** (self.images_per_step / (hl * 1000.0))
+        with torch.no_grad():
+            for n, ema in self.method.ema.items():
+                src = self.method.nets[n]
+                for pe, p in zip(ema.parameters(), src.parameters()):
+                    pe.lerp_(p.detach(), 1.0 - beta)
+                for be, b in zip(ema.buffers(), src.buffers()):
+                    be.copy_(b)
+
+    def _pictures(self, final: bool = False) -> None:
+        if not self.main:
+            return
+        kimg = self.counters["kimg"]
+        tag = f"{int(round(kimg * 1000)):09d}"
+        if self.dataset.info.kind != "image":
+            return
+        grid = explore.sample_grid(self.method, 64, seed=self.cfg.seed)
+        save_image(grid, self.out / "samples" / f"fakes{tag}.png")
+        rec = explore.recon_grid(self.method, self._fixed_real)
+        save_image(rec, self.out / "samples" / f"reals{tag}.png")
+        if not self.counters["frames"] or self.counters["frames"][-1] != tag:
+            self.counters["frames"].append(tag)
+        save_image(grid, self.out / "samples.png")
+        save_image(rec, self.out / "reconstructions.png")
+        self.stats.image("samples", grid, kimg)
+
+    def _finish_pictures(self) -> None:
+        if not self.main:
+            return
+        from ..viz.curves import plot_losses
+
+        plot_losses(read_stats(self.out / "stats.jsonl"), self.out / "losses.png")
+        if self.dataset.info.kind == "image" and self.counters["frames"]:
+            from PIL import Image
+
+            frames = []
+            for tag in self.counters["frames"][-60:]:
+                p = self.out / "samples" / f"fakes{tag}.png"
+                if p.exists():
+                    frames.append(torch.from_numpy(__import__("numpy").array(Image.open(p).convert("RGB"))).permute(2, 0, 1))
+            if frames:
+                save_gif(frames + [frames[-1]] * 5, self.out / "progress.gif", duration_ms=150)
+
+    def _metrics(self) -> dict:
+        names = [m for m in self.cfg.metrics.split(",") if m]
+        if not names or not self.main:
+            return {}
+        from ..metrics import evaluate
+
+        return evaluate(self.method, self.dataset, names, n=self.cfg.metrics_n, seed=self.cfg.seed,
+                        device=self.device)
+
+    # ---- entry points --------------------------------------------------------------------------
+    def dry_run(self) -> dict:
+        """Print the config and a parameter table, run one step of each phase, write nothing."""
+        self.log(json.dumps(self.resolved, indent=2))
+        self.log(parameter_table(self.method))
+        idx = torch.arange(min(self.cfg.batch_size, len(self.dataset)))
+        batch = self._to_model(self.dataset.get(idx))
+        from ..methods.base import StepContext
+
+        ctx = StepContext(0, 0.0, self.total_kimg)
+        res = {}
+        for ph in self.phases:
+            r = self.run_phase(ph, batch, ctx)
+            if r is None:
+                raise TrainingDiverged(f"phase {ph.name} gave a non-finite loss on the first step")
+            res.update(r)
+        self.log("one step of each phase: " + ", ".join(f"{k}={v:.4g}" for k, v in res.items()))
+        return res
+
+    def run(self, stop_at_step: int | None = None) -> dict:
+        from ..methods.base import StepContext
+
+        resumed = self._prepare_folder()
+        if resumed:
+            self._resume()
+        self.stats = StatsWriter(self.out, self.counters["kimg"] if resumed else None) if self.main else None
+        self._fixed_real = (explore.load_real(self.method, self.dataset, 16, self.cfg.seed).x
+                            if self.dataset.info.kind == "image" else None)
+        c, cfg = self.counters, self.cfg
+        self.method.train()
+        stream = BatchStream(self.dataset, cfg.batch_size, cfg.seed, c["step"], self.rank, self.world,
+                             cfg.prefetch, pin=self.device.type == "cuda")
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=round(self.total_kimg, 3), initial=round(c["kimg"], 3), unit="kimg",
+                       bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}]{postfix}",
+                       dynamic_ncols=True, file=sys.stderr)
+        next_log = _next_multiple(c["kimg"], cfg.log_every_kimg)
+        next_pic = _next_multiple(c["kimg"], cfg.sample_every_kimg)
+        next_snap = _next_multiple(c["kimg"], cfg.snapshot_every_kimg)
+        next_met = _next_multiple(c["kimg"], cfg.metrics_every_kimg)
+        acc: dict[str, float] = {}
+        acc_n: dict[str, int] = {}
+        bad_streak, t_last, img_last, wait_last = 0, time.perf_counter(), c["kimg"], 0.0
+        if c["step"] == 0 and self.main:
+            self._pictures()
+        try:
+            while c["step"] < self.total_steps:
+                if stop_at_step is not None and c["step"] >= stop_at_step:
+                    break
+                t0 = time.perf_counter()
+                batch = self._to_model(stream.next())
+                ctx = StepContext(c["step"], c["kimg"], self.total_kimg)
+                step_ok = True
+                for ph in self.phases:
+                    if c["step"] % ph.every or (ph.active is not None and not ph.active(ctx)):
+                        continue
+                    r = self.run_phase(ph, batch, ctx)
+                    if r is None:
+                        step_ok = False
+                        continue
+                    for k, v in r.items():
+                        acc[k] = acc.get(k, 0.0) + v
+                        acc_n[k] = acc_n.get(k, 0) + 1
+                if step_ok:
+                    bad_streak = 0
+                else:
+                    c["skipped"] += 1
+                    bad_streak += 1
+                    if bad_streak >= cfg.max_bad_steps:
+                        raise TrainingDiverged(
+                            f"training diverged: {bad_streak} consecutive steps with non-finite losses or "
+                            f"gradients at {c['kimg']:.2f} kimg; the last good checkpoint in {self.out} is "
+                            "intact; lower the learning rate (--set lr=...) or use --precision fp32")
+                self._update_ema()
+                c["step"] += 1
+                c["kimg"] = c["step"] * self.images_per_step / 1000.0
+                c["time_s"] += time.perf_counter() - t0
+                done = c["step"] >= self.total_steps
+                if c["kimg"] >= next_log or done:
+                    now = time.perf_counter()
+                    rate = (c["kimg"] - img_last) * 1000 / max(now - t_last, 1e-9)
+                    rec = {"kimg": round(c["kimg"], 4), "step": c["step"], "img_per_s": round(rate, 2),
+                           "skipped": c["skipped"],
+                           "data_wait": round((stream.wait_s - wait_last) / max(now - t_last, 1e-9), 4)}
+                    rec.update({k: acc[k] / acc_n[k] for k in acc})
+                    if self.main:
+                        self.stats.write(rec)
+                    if bar is not None:
+                        bar.set_postfix_str(_postfix(rec), refresh=False)
+                    acc, acc_n = {}, {}
+                    t_last, img_last, wait_last = now, c["kimg"], stream.wait_s
+                    next_log = _next_multiple(c["kimg"], cfg.log_every_kimg)
+                if bar is not None:
+                    bar.update(round(min(c["kimg"], self.total_kimg) - bar.n, 3))
+                if cfg.metrics_every_kimg and (c["kimg"] >= next_met or done):
+                    m = self._metrics()
+                    if m and self.main:
+                        self.stats.write({"kimg": round(c["kimg"], 4), **{f"metrics/{k}": v for k, v in m.items()}})
+                    self.method.train()
+                    next_met = _next_multiple(c["kimg"], cfg.metrics_every_kimg)
+                if c["kimg"] >= next_pic or done:
+                    self._pictures()
+                    next_pic = _next_multiple(c["kimg"], cfg.sample_every_kimg)
+                if c["kimg"] >= next_snap or done:
+                    self._checkpoint()
+                    next_snap = _next_multiple(c["kimg"], cfg.snapshot_every_kimg)
+        except KeyboardInterrupt:
+            self.log(f"interrupted at {c['kimg']:.2f} kimg; the last checkpoint is kept: run the same command to resume")
+            raise
+        finally:
+            stream.close()
+            if bar is not None:
+                bar.close()
+        if self.main:
+            if stop_at_step is not None and c["step"] < self.total_steps:
+                self._checkpoint()
+            self._finish_pictures()
+            self.stats.close()
+        dist.barrier()
+        wall = c["time_s"]
+        return {"steps": c["step"], "kimg": c["kimg"], "skipped": c["skipped"], "time_s": wall,
+                "data_wait_s": stream.wait_s, "out": str(self.out)}
+
+
+def _next_multiple(kimg: float, every: float) -> float:
+    if every <= 0:
+        return float("inf")
+    return (math.floor(kimg / every + 1e-9) + 1) * every
+
+
+def _postfix(rec: dict) -> str:
+    parts = [f"{rec['img_per_s']:.0f} img/s"]
+    for k, v in rec.items():
+        if "/" in k and k.split("/")[1] in ("loss", "rec", "kl"):
+            parts.append(f"{k}={v:.4g}")
+    return " ".join(parts[:5])
+
+
+def _config_diff(old: dict, new: dict) -> list[str]:
+    diff = []
+    for section in ("method", "model", "info", "train", "world_size"):
+        a, b = old.get(section), new.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if section == "train" and k in SCHEDULE_KEYS:
+                    continue
+                if a.get(k) != b.get(k):
+                    diff.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
+        elif a != b:
+            diff.append(f"{section}: {a!r} -> {b!r}")
+    return diff
+
+
+def parameter_table(method) -> str:
+    rows = [("network", "parameters", "trainable in")]
+    phases = method.phases()
+    for n, net in method.nets.items():
+        cnt = sum(p.numel() for p in net.parameters())
+        rows.append((n, f"{cnt:,}", ", ".join(ph.name for ph in phases if n in ph.nets) or "-"))
+    for n, net in method.ema.items():
+        rows.append((f"{n} (EMA)", f"{sum(p.numel() for p in net.parameters()):,}", "-"))
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join("  ".join(c.ljust(w[i]) for i, c in enumerate(r)) for r in rows)
+
+
+def train(train_cfg: TrainConfig, model_cfg: dict, out, force: bool = False, dry_run: bool = False,
+          progress: bool = True, stop_at_step: int | None = None) -> dict:
+    trainer = Trainer(train_cfg, model_cfg, out, force=force, progress=progress)
+    try:
+        return trainer.dry_run() if dry_run else trainer.run(stop_at_step)
+    finally:
+        dist.cleanup()

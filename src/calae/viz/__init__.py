@@ -1,0 +1,2 @@
+"""Pictures: grids, interpolation GIFs, latent maps, loss curves."""
+from .grid import make_grid, save_image, save_gif  # noqa: F401
