@@ -173,7 +173,7 @@ def cmd_train(a) -> int:
     apply_overrides(tr, model, METHODS[a.method].Config, a.sets)
     cfg = from_dict(TrainConfig, tr, "training config")
     res = train(cfg, model, a.out, force=a.force, dry_run=a.dry_run, progress=not a.no_progress)
-    if not a.dry_run:
+    if not a.dry_run and int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {res['kimg']:.2f} kimg in {res['time_s']:.0f} s ({res['skipped']} skipped steps); "
               f"run folder: {res['out']}")
     return 0

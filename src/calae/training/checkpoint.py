@@ -103,7 +103,10 @@ def load_snapshot(path: str | os.PathLike, device: str | torch.device = "cpu"):
                               f"(missing {len(missing)}, unexpected {len(unexpected)}); was it written by "
                               "another calae version?")
     method.snapshot_meta = head
-    return method.to(device).eval()
+    method = method.to(device).eval()
+    if method.conv:  # the layout training used: same kernels, same numbers, faster on CPU
+        method.to(memory_format=torch.channels_last)
+    return method
 
 
 # ---- training state ------------------------------------------------------------------------

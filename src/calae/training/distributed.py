@@ -65,3 +65,17 @@ def allreduce_grads(params: list[torch.Tensor], bad: torch.Tensor) -> torch.Tens
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()
+
+
+def check_in_sync(module: torch.nn.Module) -> None:
+    """Every rank must hold the same weights after training (a cheap end-of-run invariant)."""
+    _, n = world()
+    if n == 1:
+        return
+    with torch.no_grad():
+        s = torch.stack([sum(p.double().sum() for p in module.parameters()),
+                         sum(p.double().abs().sum() for p in module.parameters())]).cpu()
+    got = [torch.zeros_like(s) for _ in range(n)]
+    dist.all_gather(got, s)
+    if any(not torch.allclose(g, got[0], rtol=0, atol=1e-9) for g in got):
+        raise RuntimeError(f"data-parallel ranks diverged: weight checksums {[g.tolist() for g in got]}")

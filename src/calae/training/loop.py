@@ -372,7 +372,7 @@ class Trainer:
                 self._checkpoint()
             self._finish_pictures()
             self.stats.close()
-        dist.barrier()
+        dist.check_in_sync(self.method)
         wall = c["time_s"]
         return {"steps": c["step"], "kimg": c["kimg"], "skipped": c["skipped"], "time_s": wall,
                 "data_wait_s": stream.wait_s, "out": str(self.out)}

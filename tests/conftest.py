@@ -1,0 +1,24 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_model_cfg(method: str, info_kind: str = "image") -> dict:
+    """Small networks for contract tests, per method."""
+    base = {"vae": {"z_dim": 8, "base_channels": 8, "max_channels": 16, "hidden": 32, "depth": 2}}
+    return dict(base.get(method, {}))
+
+
+@pytest.fixture(scope="session")
+def cli_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
