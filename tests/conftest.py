@@ -12,7 +12,14 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 def tiny_model_cfg(method: str, info_kind: str = "image") -> dict:
     """Small networks for contract tests, per method."""
-    base = {"vae": {"z_dim": 8, "base_channels": 8, "max_channels": 16, "hidden": 32, "depth": 2}}
+    base = {
+        "vae": {"z_dim": 8, "base_channels": 8, "max_channels": 16, "hidden": 32, "depth": 2},
+        # one entry per method: small networks so contract tests stay fast
+        "aae": {},
+        "soft_intro_vae": {},
+        "as_intro_vae": {},
+        "alae": {},
+    }
     return dict(base.get(method, {}))
 
 
