@@ -1,0 +1,131 @@
+"""Training throughput of every method: images/s at 32 and 64 px, fp32 and bf16 side by side.
+
+For each (method, resolution, precision) the real loop trains on the fractal data for a few warm-up
+steps, then for a timed stretch; we report images/s, the bf16/fp32 ratio measured in the same
+run, the fraction of step time spent waiting for data, and the achieved FLOP/s (forward +
+backward FLOPs of every phase counted by torch's FlopCounterMode) against the machine's measured
+matmul and convolution peaks.
+
+    python -m benchmarks.bench_train [--quick] [--methods vae,aae] [--resolutions 32,64]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def measure_peaks(seconds: float = 1.0) -> dict:
+    """Dense matmul and 3x3 convolution throughput in fp32 and bf16 (TFLOP/s)."""
+    out = {}
+    a = torch.randn(1024, 1024)
+    x = torch.randn(32, 128, 32, 32).contiguous(memory_format=torch.channels_last)
+    conv = torch.nn.Conv2d(128, 128, 3, padding=1).to(memory_format=torch.channels_last)
+    for prec in ("fp32", "bf16"):
+        ctx = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16")  # noqa: E731
+        for name, fn, flops in (("matmul", lambda: a @ a, 2 * 1024 ** 3),
+                                ("conv3x3", lambda: conv(x), 2 * 32 * 128 * 128 * 9 * 32 * 32)):
+            with torch.no_grad(), ctx():
+                fn()
+                n, t0 = 0, time.perf_counter()
+                while time.perf_counter() - t0 < seconds:
+                    fn()
+                    n += 1
+            out[f"{name}_{prec}"] = n * flops / (time.perf_counter() - t0) / 1e12
+    return out
+
+
+def step_flops(trainer) -> float:
+    """FLOPs of one training step (all phases, forward + backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from calae.methods.base import StepContext
+
+    batch = trainer._to_model(trainer.dataset.get(torch.arange(trainer.cfg.batch_size)))
+    saved = {k: v.detach().clone() for k, v in trainer.method.state_dict().items()}
+    with FlopCounterMode(display=False) as fc:
+        for ph in trainer.phases:
+            trainer.run_phase(ph, batch, StepContext(0, 0.0, 1.0))
+    trainer.method.load_state_dict(saved)
+    return float(fc.get_total_flops())
+
+
+def bench_one(method: str, resolution: int, precision: str, steps: int, batch: int, model_over: dict) -> dict:
+    from calae.config import TrainConfig
+    from calae.training import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        def make(kimg):
+            cfg = TrainConfig(method=method, data="fractals", resolution=resolution, batch_size=batch,
+                              kimg=kimg, precision=precision, sample_every_kimg=0, snapshot_every_kimg=0,
+                              log_every_kimg=0, n_data=4096)
+            return Trainer(cfg, dict(model_over), Path(tmp) / "run", progress=False)
+
+        warm = 3
+        total_kimg = (warm + steps) * batch / 1000
+        tr = make(total_kimg)
+        flops = step_flops(tr)
+        tr._pictures = lambda *a, **k: None  # pictures are not what we time
+        tr._finish_pictures = lambda *a, **k: None
+        r1 = tr.run(stop_at_step=warm)
+        tr2 = make(total_kimg)
+        tr2._pictures = lambda *a, **k: None
+        tr2._finish_pictures = lambda *a, **k: None
+        r2 = tr2.run()
+        dt = r2["time_s"] - r1["time_s"]
+        n_img = (r2["steps"] - r1["steps"]) * batch
+        return {"method": method, "resolution": resolution, "precision": precision, "batch": batch,
+                "img_per_s": n_img / dt, "data_wait_frac": r2["data_wait_s"] / dt,
+                "gflop_per_step": flops / 1e9, "tflops": flops * (n_img / batch) / dt / 1e12}
+
+
+def main(argv=None) -> list[dict]:
+    from calae.registry import METHODS, load_all
+
+    load_all()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer steps, 32 px only")
+    p.add_argument("--methods", default=",".join(sorted(METHODS)))
+    p.add_argument("--resolutions", default=None)
+    p.add_argument("--batch", type=int, default=32)
+    a = p.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    res = [int(r) for r in (a.resolutions or ("32" if a.quick else "32,64")).split(",")]
+    steps = 6 if a.quick else 20
+    peaks = measure_peaks(0.5 if a.quick else 1.5)
+    rows = []
+    for m in a.methods.split(","):
+        for r in res:
+            for prec in ("fp32", "bf16"):
+                rows.append(bench_one(m, r, prec, steps, a.batch, {}))
+    # ratios measured side by side
+    for row in rows:
+        ref = next(x for x in rows if x["method"] == row["method"] and x["resolution"] == row["resolution"]
+                   and x["precision"] == "fp32")
+        row["speedup_vs_fp32"] = row["img_per_s"] / ref["img_per_s"]
+        peak = peaks[f"conv3x3_{row['precision']}"]
+        row["frac_of_conv_peak"] = row["tflops"] / peak
+    hdr = f"{'method':<16}{'px':>4}{'prec':>6}{'img/s':>9}{'vs fp32':>9}{'GFLOP/step':>12}{'TFLOP/s':>9}{'of peak':>9}{'data wait':>11}"
+    print(f"peaks (TFLOP/s): " + ", ".join(f"{k} {v:.3f}" for k, v in peaks.items()))
+    print(f"bf16 autocast chosen by --precision auto here: "
+          f"{__import__('calae.training.loop', fromlist=['x']).cpu_has_fast_bf16()}")
+    print(hdr)
+    for r in rows:
+        print(f"{r['method']:<16}{r['resolution']:>4}{r['precision']:>6}{r['img_per_s']:>9.1f}"
+              f"{r['speedup_vs_fp32']:>8.2f}x{r['gflop_per_step']:>12.2f}{r['tflops']:>9.3f}"
+              f"{r['frac_of_conv_peak']:>8.1%}{r['data_wait_frac']:>10.1%}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "train_throughput.json").write_text(json.dumps(
+        {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "peaks_tflops": peaks,
+         "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
