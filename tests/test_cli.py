@@ -156,3 +156,12 @@ def test_torchrun_two_cpu_processes(tmp_path, cli_env):
     assert stats[-1]["step"] == 4  # 128 images / (16 x 2 ranks)
     assert len(stats) == len({s["kimg"] for s in stats})  # one writer
     assert p.stdout.count("run folder") == 1
+
+
+def test_eval_command(trained, capsys):
+    assert main(["eval", str(trained), "--metrics", "recon,probe_1nn,swd_rec", "--n", "200", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert 0 < res["recon/mse"] < 1 and res["probe_1nn/acc"] > 0.3 and "swd_rec/avg" in res
+    assert main(["eval", str(trained), "--metrics", "nope"]) == 2
+    assert "unknown metric" in capsys.readouterr().err
+    assert main(["eval", str(trained), "--metrics", "toy_hist"]) == 2

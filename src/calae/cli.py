@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run folder or snapshot .safetensors")
     ev.add_argument("--data", help="data spec (default: the run's training data)")
     ev.add_argument("--metrics", help="comma-separated metric names (default: chosen for the data; see `calae list`)")
-    ev.add_argument("--n", type=_positive_int("--n"), default=2000, help="samples per metric (default 2000)")
+    ev.add_argument("--n", type=_positive_int("--n"),
+                    help="samples per metric (default: each metric's protocol count, e.g. 2048 images, 5000 toy points)")
     ev.add_argument("--seed", type=int, default=0, help="seed (metrics are deterministic given it)")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
@@ -313,7 +314,7 @@ def cmd_eval(a) -> int:
 
     m = _load(a.run)
     ds = _data_for(m, a.data)
-    names = [s for s in (a.metrics or "").split(",") if s] or default_metrics(ds.info)
+    names = [s for s in (a.metrics or "").split(",") if s] or default_metrics(ds.info, m)
     res = evaluate(m, ds, names, n=a.n, seed=a.seed)
     if a.json:
         print(json.dumps(res))
