@@ -15,9 +15,14 @@ def tiny_model_cfg(method: str, info_kind: str = "image") -> dict:
     base = {
         "vae": {"z_dim": 8, "base_channels": 8, "max_channels": 16, "hidden": 32, "depth": 2},
         # one entry per method: small networks so contract tests stay fast
-        "aae": {},
-        "soft_intro_vae": {},
-        "as_intro_vae": {},
+        "aae": {"z_dim": 4, "base_channels": 8, "max_channels": 16, "hidden": 32, "depth": 2, "d_hidden": 32,
+                "d_depth": 1},
+        "soft_intro_vae": {"z_dim": 8, "base_channels": 8, "max_channels": 16, "hidden": 32, "depth": 2,
+                           "beta_neg": 64.0, "gamma_r": 1e-3, "warmup_kimg": 0.064, "beta_neg_schedule": "adaptive",
+                           "beta_neg_range": [4.0, 256.0], "augment": "translation,color,cutout"},
+        "as_intro_vae": {"z_dim": 8, "base_channels": 8, "max_channels": 16, "hidden": 32, "depth": 2,
+                         "beta_neg": 64.0, "ema_kimg": 0.05, "beta_neg_schedule": "piecewise",
+                         "beta_neg_points": [[0, 64.0], [0.128, 16.0]]},
         "alae": {},
     }
     return dict(base.get(method, {}))

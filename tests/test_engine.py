@@ -215,3 +215,19 @@ def test_bad_train_options_name_the_option():
     with pytest.raises(ConfigError, match="z_dim"):
         make_trainer_cfg = METHODS["vae"].Config
         make_trainer_cfg(z_dim=0)
+
+
+def test_metrics_at_intervals_land_in_stats(tmp_path):
+    tr = make_trainer("vae", tmp_path / "r", kimg=0.128, metrics="recon", metrics_every_kimg=0.064, metrics_n=64)
+    tr.run()
+    recs = [json.loads(line) for line in (tmp_path / "r" / "stats.jsonl").read_text().splitlines()]
+    vals = [r["metrics/recon/mse"] for r in recs if "metrics/recon/mse" in r]
+    assert len(vals) == 2 and all(v > 0 for v in vals)
+    assert tr.method.training  # the metric put the model back in training mode
+
+
+def test_time_limit_stops_with_a_checkpoint(tmp_path):
+    tr = make_trainer("vae", tmp_path / "r", kimg=50)
+    r = tr.run(time_limit_s=0.5)
+    assert 0 < r["steps"] < tr.total_steps
+    assert (tmp_path / "r" / "state.safetensors").exists()

@@ -270,7 +270,9 @@ class Trainer:
         self.log("one step of each phase: " + ", ".join(f"{k}={v:.4g}" for k, v in res.items()))
         return res
 
-    def run(self, stop_at_step: int | None = None) -> dict:
+    def run(self, stop_at_step: int | None = None, time_limit_s: float | None = None) -> dict:
+        """Train to the budget (or stop early at a step / after a training-time limit, with a
+        checkpoint, as benchmarks and tests do). Returns counts and timings."""
         from ..methods.base import StepContext
 
         resumed = self._prepare_folder()
@@ -302,6 +304,9 @@ class Trainer:
         try:
             while c["step"] < self.total_steps:
                 if stop_at_step is not None and c["step"] >= stop_at_step:
+                    break
+                if time_limit_s is not None and c["time_s"] >= time_limit_s:
+                    stop_at_step = c["step"]
                     break
                 t0 = time.perf_counter()
                 batch = self._to_model(stream.next())
