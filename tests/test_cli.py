@@ -148,14 +148,20 @@ def test_torchrun_two_cpu_processes(tmp_path, cli_env):
            f"--master_port={port}", "-m", "calae",
            "train", "vae", "--data", "digits", "--resolution", "16", "--kimg", "0.128", "--batch-size", "16",
            "--out", str(out), *TINY]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun's workers too
+        raise
+    assert proc.returncode == 0, stderr[-2000:]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["world_size"] == 2
     stats = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
     assert stats[-1]["step"] == 4  # 128 images / (16 x 2 ranks)
     assert len(stats) == len({s["kimg"] for s in stats})  # one writer
-    assert p.stdout.count("run folder") == 1
+    assert stdout.count("run folder") == 1
 
 
 def test_eval_command(trained, capsys):
