@@ -6,6 +6,7 @@ and the fix, exit with status 2 and no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -49,6 +50,17 @@ def _positive_float(name):
     return conv
 
 
+def _bool(name):
+    def conv(s):
+        v = str(s).strip().lower()
+        if v in ("1", "true", "yes", "on"):
+            return True
+        if v in ("0", "false", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"{name} takes true or false, got {s!r}")
+    return conv
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .registry import METHODS, load_all
 
@@ -67,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--kimg", type=_positive_float("--kimg"), help="training budget in thousands of images seen")
     g.add_argument("--epochs", type=_positive_float("--epochs"), help="budget in passes over the data (converted to kimg)")
-    t.add_argument("--batch-size", type=_positive_int("--batch-size"), help="images per optimisation step (per process)")
+    t.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int("--batch-size"),
+                   help="images per optimisation step (per process)")
     t.add_argument("--lr", type=_positive_float("--lr"), help="learning rate (shortcut for --set lr=...)")
     t.add_argument("--preset", help="named preset (see `calae list`); flags and --set override it")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
@@ -78,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="random seed (data order, initialisation, fixed sample noise)")
     t.add_argument("--n-data", type=_positive_int("--n-data"), help="procedural dataset size / folder image limit")
     t.add_argument("--fit", choices=("crop", "pad", "stretch"), help="how non-square images become square (default crop)")
-    t.add_argument("--download", action="store_true", help="mnist:DIR only: fetch the IDX files into DIR")
+    t.add_argument("--download", nargs="?", const=True, default=False, type=_bool("--download"), metavar="BOOL",
+                   help="mnist:DIR only: fetch the IDX files into DIR (seed 002 spelling: --download True)")
+    t.add_argument("--directory", help="seed 002 spelling of --data mnist:DIRECTORY")
+    t.add_argument("--gen_lr", type=_positive_float("--gen_lr"), help="aae: learning rate of E and G (--set gen_lr=)")
+    t.add_argument("--dis_lr", type=_positive_float("--dis_lr"), help="aae: learning rate of D (--set dis_lr=)")
     t.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and a parameter table, run one step of each phase, exit")
     t.add_argument("--force", action="store_true",
@@ -118,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--n", type=_positive_int("--n"), default=1000, help="number of images (default 1000)")
     lt.add_argument("--projection", choices=("pca", "tsne"), default="pca", help="2-D projection (default pca)")
     lt.add_argument("--color-by", default="auto", help="label, a parameter name (fractals), none, or auto")
+    lt.add_argument("--over-prior", action="store_true",
+                    help="the AAE paper's figure: codes over prior samples, coloured by label")
     lt.add_argument("--out", required=True, help="output .png (or .npz for the 2-D points)")
 
     ev = sub.add_parser("eval", help="evaluate a trained model with offline metrics")
@@ -167,10 +186,21 @@ def cmd_train(a) -> int:
             tr[key] = val
     if a.epochs is not None:
         tr.pop("kimg", None)
+    if a.kimg is not None:
+        tr.pop("epochs", None)  # the user's budget beats a preset's
+    if a.directory is not None:
+        if a.data is not None:
+            raise UserError("give --data or --directory (seed 002's name for --data mnist:DIR), not both")
+        tr["data"] = f"mnist:{a.directory}"
     if a.download:
         tr["download"] = True
     if a.lr is not None:
         model["lr"] = a.lr
+    for key in ("gen_lr", "dis_lr"):
+        if getattr(a, key) is not None:
+            if key not in {f.name for f in dataclasses.fields(METHODS[a.method].Config)}:
+                raise UserError(f"--{key} is an option of the aae method, not of {a.method!r}")
+            model[key] = getattr(a, key)
     apply_overrides(tr, model, METHODS[a.method].Config, a.sets)
     cfg = from_dict(TrainConfig, tr, "training config")
     res = train(cfg, model, a.out, force=a.force, dry_run=a.dry_run, progress=not a.no_progress)
@@ -296,7 +326,11 @@ def cmd_latents(a) -> int:
 
     m = _load(a.run)
     ds = _data_for(m, a.data)
-    if a.out.endswith(".npz"):
+    if a.over_prior:
+        from .methods.aae import latent_scatter
+
+        latent_scatter(m, ds, a.out, n=a.n)
+    elif a.out.endswith(".npz"):
         b = explore.load_real(m, ds, a.n)
         codes = explore.encode(m, b.x).numpy()
         _save_arrays(a.out, xy=explore.project_2d(codes, a.projection), labels=None if b.y is None else b.y.numpy())
