@@ -399,13 +399,13 @@ def cmd_demo(a) -> int:
     from .viz.grid import save_image
 
     out = Path(a.out)
-    pr = preset("vae-fractals")
+    pr = preset("vae-demo")
     tr = dict(pr["train"], method="vae", sample_every_kimg=2.0, snapshot_every_kimg=5.0)
     if a.kimg:
         tr["kimg"] = a.kimg
     train(from_dict(TrainConfig, tr), dict(pr["model"]), out / "run")
     m = load_snapshot(out / "run")
-    ds = open_dataset(tr["data"], resolution=m.info.resolution, channels=m.info.channels)
+    ds = open_dataset(tr["data"], resolution=m.info.resolution, channels=m.info.channels, n=tr.get("n_data"))
     save_image(explore.sample_grid(m, 64, seed=1), out / "samples.png", upscale=2)
     real = explore.load_real(m, ds, 16, seed=3)
     save_image(explore.recon_grid(m, real.x), out / "reconstructions.png", upscale=2)

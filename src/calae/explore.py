@@ -136,9 +136,17 @@ def latent_map(model, dataset: Dataset, out: str | Path, n: int = 1000, method: 
         j = names.index(color_by) if color_by in names else 0
         colour, label = batch.params[:, j].numpy(), names[j]
     fig, ax = plt.subplots(figsize=(6, 6), dpi=110)
-    sc = ax.scatter(xy[:, 0], xy[:, 1], c=colour, s=6, cmap="tab10" if label == "label" else "viridis")
-    if colour is not None:
-        fig.colorbar(sc, ax=ax, label=label)
+    categorical = colour is not None and np.allclose(colour, np.round(colour)) and len(np.unique(colour)) <= 10
+    if categorical:  # labels, fractal family, colouring mode: one legend entry per value
+        names = getattr(dataset, "category_names", {}).get(label) if hasattr(dataset, "category_names") else None
+        for v in np.unique(colour):
+            sel = colour == v
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=6, label=str(names[int(v)]) if names else f"{label} {int(v)}")
+        ax.legend(markerscale=3, fontsize=8)
+    else:
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=colour, s=6, cmap="viridis")
+        if colour is not None:
+            fig.colorbar(sc, ax=ax, label=label)
     ax.set_title(f"{model.name} codes ({codes.shape[1]}-D) by {method.upper()}")
     ax.set_xticks([]), ax.set_yticks([])
     out = Path(out)

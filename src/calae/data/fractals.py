@@ -1078,6 +1078,7 @@ class FractalDataset(Dataset):
         self.resolution, self.channels, self.supersample = resolution, channels, supersample
         self.device = torch.device(device)
         self.param_names = list(PARAM_NAMES)
+        self.category_names = {"family": list(_FAMILY_NAMES)}  # for legends of latent maps
         self.info = DataInfo(kind="image", resolution=resolution, channels=channels, num_classes=0,
                              num_params=NUM_PARAMS, name=f"fractals:{family}")
         per_image = channels * resolution * resolution

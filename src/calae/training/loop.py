@@ -289,7 +289,8 @@ class Trainer:
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=round(self.total_kimg, 3), initial=round(c["kimg"], 3), unit="kimg",
+            end_kimg = self.total_steps * self.images_per_step / 1000.0
+            bar = tqdm(total=round(end_kimg, 3), initial=round(min(c["kimg"], end_kimg), 3), unit="kimg",
                        bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}]{postfix}",
                        dynamic_ncols=True, file=sys.stderr)
         next_log = _next_multiple(c["kimg"], cfg.log_every_kimg)
@@ -352,7 +353,7 @@ class Trainer:
                     t_last, img_last, wait_last = now, c["kimg"], stream.wait_s
                     next_log = _next_multiple(c["kimg"], cfg.log_every_kimg)
                 if bar is not None:
-                    bar.update(round(min(c["kimg"], self.total_kimg) - bar.n, 3))
+                    bar.update(round(min(c["kimg"], end_kimg) - bar.n, 3))
                 if cfg.metrics_every_kimg and (c["kimg"] >= next_met or done):
                     m = self._metrics()
                     if m and self.main:
