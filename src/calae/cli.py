@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast where it is fast (CPU AMX/AVX512-BF16, CUDA), else fp32")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where to train (default auto)")
     t.add_argument("--seed", type=int, help="random seed (data order, initialisation, fixed sample noise)")
+    t.add_argument("--threads", type=int, help="torch CPU threads (default: one per core; 1 helps on a busy machine)")
     t.add_argument("--n-data", type=_positive_int("--n-data"), help="procedural dataset size / folder image limit")
     t.add_argument("--fit", choices=("crop", "pad", "stretch"), help="how non-square images become square (default crop)")
     t.add_argument("--download", nargs="?", const=True, default=False, type=_bool("--download"), metavar="BOOL",
@@ -181,7 +182,7 @@ def cmd_train(a) -> int:
         model.update(pr["model"])
     for key, val in (("data", a.data), ("resolution", a.resolution), ("channels", a.channels), ("kimg", a.kimg),
                      ("epochs", a.epochs), ("batch_size", a.batch_size), ("precision", a.precision),
-                     ("device", a.device), ("seed", a.seed), ("n_data", a.n_data), ("fit", a.fit)):
+                     ("device", a.device), ("seed", a.seed), ("threads", a.threads), ("n_data", a.n_data), ("fit", a.fit)):
         if val is not None:
             tr[key] = val
     if a.epochs is not None:
@@ -374,7 +375,7 @@ def cmd_list(a) -> int:
     print("presets:")
     for name in sorted(PRESETS):
         pr = PRESETS[name]
-        print(f"  {name:<22} {pr['method']:<15} {pr['doc']}")
+        print(f"  {name:<28} {pr['method']:<15} {pr['doc']}")
     _ = DATASETS
     return 0
 

@@ -65,6 +65,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0: off
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     prefetch: int = 4  # batches prepared ahead by the data thread
+    threads: int = 0  # torch CPU threads; 0: torch's default (one per core)
 
     def __post_init__(self):
         check_range("--kimg", self.kimg, 0, lo_open=True)
@@ -82,6 +83,7 @@ class TrainConfig:
             check_range(k, getattr(self, k), 0)
         check_range("max_bad_steps", self.max_bad_steps, 1)
         check_range("prefetch", self.prefetch, 1, 64)
+        check_range("--threads", self.threads, 0, 1024)
 
 
 def to_dict(obj) -> dict:

@@ -56,6 +56,10 @@ def to_uint8(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def sample_grid(model, n: int = 64, seed: int = 0) -> torch.Tensor:
+    """A picture of samples; methods with display truncation (ALAE's ψ) use it here, never in metrics."""
+    if hasattr(model, "display_samples"):
+        with eval_mode(model):
+            return make_grid(to_uint8(model, model.display_samples(n, seed).float().cpu()))
     return make_grid(to_uint8(model, samples(model, n, seed)))
 
 

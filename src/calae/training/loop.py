@@ -32,7 +32,7 @@ from .stream import BatchStream
 
 # Keys that may change between the run that wrote a folder and the command that resumes it.
 SCHEDULE_KEYS = {"kimg", "epochs", "log_every_kimg", "sample_every_kimg", "snapshot_every_kimg", "metrics",
-                 "metrics_every_kimg", "metrics_n", "prefetch", "device", "max_bad_steps"}
+                 "metrics_every_kimg", "metrics_n", "prefetch", "device", "max_bad_steps", "threads"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -94,6 +94,8 @@ class Trainer:
         self.progress = progress and self.main
         self.log = (log or (lambda s: print(s, file=sys.stderr))) if self.main else (lambda s: None)
         self.amp = resolve_precision(train.precision, self.device)
+        if train.threads > 0:
+            torch.set_num_threads(train.threads)
 
         self.dataset = open_dataset(train.data, resolution=train.resolution, channels=train.channels,
                                     n=train.n_data, seed=train.seed, fit=train.fit, download=train.download)
