@@ -1,0 +1,207 @@
+"""β_neg schedules for Soft-IntroVAE / AS-IntroVAE, and the KL-gap monitor they share.
+
+β_neg weighs the KL of generated images inside the encoder's exp(−2s·ELBO) term (methods.md §5).
+The encoder pushes KL(E(fake)) up only while that term has gradient: the gradient of
+exp(−2s·β_neg·KL) with respect to KL peaks at KL = 1/(2s·β_neg) and vanishes well above it, so the
+KL the encoder sustains on fakes scales like 1/β_neg. Hence the rule of the official code and of
+methods.md: when KL(fake) − KL(real) turns negative (the encoder no longer tells fakes from data),
+*lower* β_neg; a large β_neg is the stable setting (seed 003: "256 is more stable but slower"),
+a small one the sharp-but-fragile one.
+
+A schedule is an ``nn.Module`` held by the method, so its state (buffers) is part of the method's
+``state_dict``: snapshots and training states carry it and resume is exact. The method consults
+``value(ctx)`` in its encoder phase and reports each step's gap with ``observe`` in its decoder
+phase; ``observe`` acts once per optimisation step (it ignores repeated calls for the same step),
+so calling a loss twice for the same step (tests, dry runs) changes nothing.
+
+Schedules (``make_beta_neg_schedule``):
+- ``constant``: β_neg.
+- ``piecewise``: a step function of kimg, ``points = ((kimg, value), ...)``: the value of the last
+  point whose kimg is <= the current kimg (the first value before it). What seed 003's user did by
+  hand.
+- ``adaptive``: log β_neg moves at ``rate`` per kimg to keep the smoothed relative gap
+  ρ = (KL(fake) − KL(real)) / max(KL(real), 1) inside ``band``: ρ < band[0] → lower β_neg,
+  ρ > band[1] → raise it (back toward stability); clamped to ``bounds`` (seed 003: 4..256).
+
+Every schedule monitors the smoothed gap and warns once (``KLGapWarning``) when it has stayed
+negative for ``warn_kimg``, naming the remedy.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["KLGapWarning", "BetaNegSchedule", "ConstantBetaNeg", "PiecewiseBetaNeg", "AdaptiveBetaNeg",
+           "make_beta_neg_schedule", "SCHEDULES"]
+
+SCHEDULES = ("constant", "piecewise", "adaptive")
+
+
+class KLGapWarning(UserWarning):
+    """KL(fake) − KL(real) stayed negative: the adversarial part of Soft-IntroVAE stopped working."""
+
+
+def _all_mean(values: list[float]) -> list[float]:
+    """Average scalars over data-parallel ranks so every rank's schedule state stays identical."""
+    from .training.distributed import world
+
+    if world()[1] == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return (t / world()[1]).cpu().tolist()
+
+
+class BetaNegSchedule(nn.Module):
+    """Base: the KL-gap monitor (smoothed gap, negative-since, warned-once) in buffers.
+
+    ``smooth_kimg`` is the half-life, in thousands of images, of the exponential smoothing of the
+    gap and of KL(real); counting in images keeps it independent of the batch size.
+    """
+
+    kind = "base"
+
+    def __init__(self, warn_kimg: float = 2.0, smooth_kimg: float = 1.0, name: str = "soft_intro_vae"):
+        super().__init__()
+        self.warn_kimg, self.smooth_kimg, self.method_name = float(warn_kimg), float(smooth_kimg), name
+        f64 = dict(dtype=torch.float64)
+        self.register_buffer("gap_ema", torch.zeros((), **f64))
+        self.register_buffer("kl_real_ema", torch.zeros((), **f64))
+        self.register_buffer("last_step", torch.full((), -1.0, **f64))
+        self.register_buffer("last_kimg", torch.zeros((), **f64))
+        self.register_buffer("neg_since_kimg", torch.full((), -1.0, **f64))  # -1: gap not negative
+        self.register_buffer("warned", torch.zeros((), **f64))
+
+    # ---- consulted by the losses --------------------------------------------------------------
+    def value(self, ctx) -> float:
+        raise NotImplementedError
+
+    def observe(self, gap: float, kl_real: float, ctx) -> None:
+        """Record this step's KL(fake) − KL(real) and KL(real); acts once per optimisation step."""
+        if ctx.step <= int(self.last_step):
+            return
+        gap, kl_real = _all_mean([float(gap), float(kl_real)])
+        if not (math.isfinite(gap) and math.isfinite(kl_real)):  # a skipped (non-finite) step teaches nothing
+            return
+        with torch.no_grad():
+            first = int(self.last_step) < 0
+            dk = 0.0 if first else max(0.0, ctx.kimg - float(self.last_kimg))
+            a = 1.0 if first or self.smooth_kimg <= 0 else 1.0 - 0.5 ** (dk / self.smooth_kimg)
+            self.gap_ema.lerp_(torch.full_like(self.gap_ema, gap), a)
+            self.kl_real_ema.lerp_(torch.full_like(self.kl_real_ema, kl_real), a)
+            self.last_step.fill_(ctx.step)
+            self.last_kimg.fill_(ctx.kimg)
+            self._adapt(dk)
+        self._monitor(ctx)
+
+    def _adapt(self, dkimg: float) -> None:
+        pass
+
+    def _monitor(self, ctx) -> None:
+        if float(self.gap_ema) >= 0:
+            self.neg_since_kimg.fill_(-1.0)
+            return
+        if float(self.neg_since_kimg) < 0:
+            self.neg_since_kimg.fill_(ctx.kimg)
+        span = ctx.kimg - float(self.neg_since_kimg)
+        if span >= self.warn_kimg and not bool(self.warned):
+            self.warned.fill_(1.0)
+            warnings.warn(self.warning_text(span, ctx), KLGapWarning, stacklevel=3)
+
+    def warning_text(self, span: float, ctx) -> str:
+        beta = self.value(ctx)
+        return (f"{self.method_name}: KL(fake) - KL(real) has stayed negative for {span:.2f} kimg "
+                f"(smoothed gap {float(self.gap_ema):.3g} nats at {ctx.kimg:.2f} kimg): the encoder no longer "
+                f"separates generated images from data, so samples stop improving. Remedy: lower beta_neg "
+                f"(now {beta:.4g}; e.g. --set beta_neg={max(beta / 4, 1e-3):.4g}), or use "
+                "--set beta_neg_schedule=adaptive")
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}"
+
+
+class ConstantBetaNeg(BetaNegSchedule):
+    kind = "constant"
+
+    def __init__(self, value: float, **kw):
+        super().__init__(**kw)
+        self.beta = float(value)
+
+    def value(self, ctx) -> float:
+        return self.beta
+
+
+class PiecewiseBetaNeg(BetaNegSchedule):
+    """Step function of kimg: ``points`` = ((kimg, value), ...), sorted by kimg."""
+
+    kind = "piecewise"
+
+    def __init__(self, points: Sequence[Sequence[float]], **kw):
+        super().__init__(**kw)
+        pts = sorted((float(k), float(v)) for k, v in points)
+        if not pts:
+            raise ValueError("piecewise beta_neg schedule needs at least one (kimg, value) point")
+        self.points = pts
+
+    def value(self, ctx) -> float:
+        v = self.points[0][1]
+        for k, val in self.points:
+            if ctx.kimg >= k:
+                v = val
+        return v
+
+
+class AdaptiveBetaNeg(BetaNegSchedule):
+    """Keeps the relative KL gap in ``band`` by moving log β_neg at ``rate`` per kimg, in ``bounds``."""
+
+    kind = "adaptive"
+
+    def __init__(self, init: float, bounds: Sequence[float] = (4.0, 256.0), band: Sequence[float] = (0.05, 1.0),
+                 rate: float = 0.5, **kw):
+        super().__init__(**kw)
+        self.bounds, self.band, self.rate = (float(bounds[0]), float(bounds[1])), (float(band[0]), float(band[1])), float(rate)
+        if not self.bounds[0] <= init <= self.bounds[1]:
+            raise ValueError(f"adaptive beta_neg: initial value {init} outside beta_neg_range {self.bounds}")
+        self.register_buffer("log_beta", torch.tensor(math.log(init), dtype=torch.float64))
+
+    def value(self, ctx) -> float:
+        return float(self.log_beta.exp())
+
+    def relative_gap(self) -> float:
+        return float(self.gap_ema) / max(float(self.kl_real_ema), 1.0)
+
+    def _adapt(self, dkimg: float) -> None:
+        rho = self.relative_gap()
+        step = self.rate * dkimg
+        if rho < self.band[0]:
+            self.log_beta.sub_(step)  # gap collapsing: the documented remedy, lower β_neg
+        elif rho > self.band[1]:
+            self.log_beta.add_(step)  # comfortable gap: drift back toward the stable, larger β_neg
+        self.log_beta.clamp_(math.log(self.bounds[0]), math.log(self.bounds[1]))
+
+    def warning_text(self, span: float, ctx) -> str:
+        text = super().warning_text(span, ctx)
+        if self.value(ctx) <= self.bounds[0] * (1 + 1e-9):
+            text += f" (the adaptive schedule already sits at its lower bound {self.bounds[0]:.4g}: lower beta_neg_range)"
+        return text
+
+
+def make_beta_neg_schedule(cfg, name: str = "soft_intro_vae") -> BetaNegSchedule:
+    """The schedule a Soft-IntroVAE config asks for (fields beta_neg, beta_neg_schedule, ...)."""
+    kw = dict(warn_kimg=cfg.gap_warn_kimg, smooth_kimg=cfg.gap_smooth_kimg, name=name)
+    kind = cfg.beta_neg_schedule
+    if kind == "constant":
+        return ConstantBetaNeg(cfg.beta_neg, **kw)
+    if kind == "piecewise":
+        return PiecewiseBetaNeg(cfg.beta_neg_points, **kw)
+    if kind == "adaptive":
+        return AdaptiveBetaNeg(cfg.beta_neg, cfg.beta_neg_range, cfg.gap_band, cfg.beta_neg_rate, **kw)
+    raise ValueError(f"beta_neg_schedule must be one of {', '.join(SCHEDULES)}; got {kind!r}")
