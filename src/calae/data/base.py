@@ -21,6 +21,16 @@ class DataError(ValueError):
     """A problem with the user's data or data spec; the CLI prints it as one line, exit 2."""
 
 
+def check_image_args(resolution: int, channels: int, n: int | None = None, n_name: str = "n") -> None:
+    """The checks every image source makes on its size arguments (one message per mistake)."""
+    if int(channels) not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    if int(resolution) < 1:
+        raise DataError(f"resolution must be a positive number of pixels, got {resolution}")
+    if n is not None and int(n) < 1:
+        raise DataError(f"{n_name} must be at least 1, got {n}")
+
+
 @dataclass(frozen=True)
 class DataInfo:
     kind: str  # "image" or "points"

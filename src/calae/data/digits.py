@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import DataError, DataInfo, TensorDataset
+from .base import DataError, DataInfo, TensorDataset, check_image_args
 from .mnist import resize_images
 
 __all__ = ["open_digits"]
@@ -16,12 +16,7 @@ __all__ = ["open_digits"]
 
 def open_digits(resolution: int = 16, channels: int = 1, n: int | None = None) -> TensorDataset:
     """The digits as a ``TensorDataset``: uint8 [N, C, R, R], int64 labels 0..9, ``num_classes=10``."""
-    if int(channels) not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels}")
-    if int(resolution) < 1:
-        raise DataError(f"resolution must be positive, got {resolution}")
-    if n is not None and int(n) < 1:
-        raise DataError(f"n must be at least 1, got {n}")
+    check_image_args(resolution, channels, n)
     try:
         from sklearn.datasets import load_digits
     except ImportError:

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .base import Batch, DataError, DataInfo, Dataset
+from .base import Batch, DataError, DataInfo, Dataset, check_image_args
 
 __all__ = ["ImageFolder", "BadImageWarning", "IMAGE_EXTENSIONS", "FITS", "DEFAULT_MAX_PIXELS",
            "DEFAULT_CACHE_BYTES", "scan_images", "load_image"]
@@ -262,12 +262,7 @@ class ImageFolder(Dataset):
         root = Path(os.path.expanduser(str(path)))
         if fit not in FITS:
             raise DataError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
-        if int(channels) not in (1, 3):
-            raise DataError(f"channels must be 1 or 3, got {channels}")
-        if int(resolution) < 1:
-            raise DataError(f"resolution must be a positive number of pixels, got {resolution}")
-        if limit is not None and int(limit) < 1:
-            raise DataError(f"limit must be at least 1, got {limit}")
+        check_image_args(resolution, channels, limit, "limit")
         if not root.exists():
             raise DataError(f"image folder {root} does not exist; check the path (or use --data fractals, "
                             "mnist:DIR, digits or toy:NAME)")

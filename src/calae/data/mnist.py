@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .base import DataError, DataInfo, TensorDataset
+from .base import DataError, DataInfo, TensorDataset, check_image_args
 
 __all__ = ["read_idx", "write_idx", "open_mnist", "download", "resize_images", "find_mnist_files",
            "MNIST_FILES", "MNIST_MD5", "FASHION_MNIST_MD5", "DEFAULT_MIRROR", "IMAGES_MAGIC", "LABELS_MAGIC"]
@@ -177,12 +177,7 @@ def open_mnist(directory: str | os.PathLike, resolution: int = 28, channels: int
     """MNIST (or Fashion-MNIST) as a labelled ``TensorDataset`` (uint8 [N, C, R, R], labels 0..9)."""
     if split not in _SPLITS:
         raise DataError(f"split must be 'train' or 'test', got {split!r}")
-    if int(channels) not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels}")
-    if int(resolution) < 1:
-        raise DataError(f"resolution must be positive, got {resolution}")
-    if n is not None and int(n) < 1:
-        raise DataError(f"n must be at least 1, got {n}")
+    check_image_args(resolution, channels, n)
     root = Path(directory).expanduser()
     images, labels = find_mnist_files(root, split)
     if (images is None or labels is None) and download:
