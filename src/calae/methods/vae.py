@@ -127,7 +127,7 @@ add_preset("vae-fractals", "vae", "VAE on 64 px fractals",
            model={"z_dim": 128, "base_channels": 32, "lr": 5e-4})
 add_preset("vae-demo", "vae", "the `make demo` run: VAE on 32 px fractals, a few minutes on 2 cores",
            train={"data": "fractals", "resolution": 32, "batch_size": 32, "kimg": 12, "n_data": 4096},
-           model={"z_dim": 64, "base_channels": 32, "max_channels": 128, "lr": 1e-3})
+           model={"z_dim": 64, "base_channels": 32, "max_channels": 128, "lr": 1e-3, "beta_kl": 0.1})
 add_preset("vae-digits", "vae", "VAE on scikit-learn digits at 16 px",
            train={"data": "digits", "resolution": 16, "batch_size": 64, "kimg": 60},
            model={"z_dim": 16, "base_channels": 32, "lr": 1e-3})

@@ -355,7 +355,8 @@ class Trainer:
                     t_last, img_last, wait_last = now, c["kimg"], stream.wait_s
                     next_log = _next_multiple(c["kimg"], cfg.log_every_kimg)
                 if bar is not None:
-                    bar.update(round(min(c["kimg"], end_kimg) - bar.n, 3))
+                    bar.n = round(min(c["kimg"], end_kimg), 3)  # set, not add: no float drift past the total
+                    bar.update(0)  # redraws at most every mininterval
                 if cfg.metrics_every_kimg and (c["kimg"] >= next_met or done):
                     m = self._metrics()
                     if m and self.main:
