@@ -23,7 +23,7 @@ demo: $(VENV)/.base
 	$(BIN)/calae demo --out $(DEMO_OUT)
 
 test: $(VENV)/.test
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.test
 	$(BIN)/python -m benchmarks.run
