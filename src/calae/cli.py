@@ -266,12 +266,13 @@ def _scatter(points, out, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .viz.grid import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 5), dpi=110)
     ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
     ax.set_title(title)
     ax.set_aspect("equal")
-    fig.savefig(out)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def cmd_reconstruct(a) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .data.base import Batch, Dataset, from_model_range, to_model_range
-from .viz.grid import make_grid, save_gif, save_image
+from .viz.grid import make_grid, save_figure, save_gif, save_image
 
 
 @contextlib.contextmanager
@@ -153,12 +153,7 @@ def latent_map(model, dataset: Dataset, out: str | Path, n: int = 1000, method: 
             fig.colorbar(sc, ax=ax, label=label)
     ax.set_title(f"{model.name} codes ({codes.shape[1]}-D) by {method.upper()}")
     ax.set_xticks([]), ax.set_yticks([])
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def project_2d(codes: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:

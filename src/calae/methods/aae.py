@@ -292,12 +292,9 @@ def latent_scatter(model, dataset, out: str | Path, n: int = 2000, n_prior: int 
     ax.set_title(title or f"{model.name}: codes E(x) over prior samples{axes_note}\n"
                           f"energy distance {ed:.3g}", fontsize=9)
     ax.set_aspect("equal", adjustable="datalim")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    from ..viz.grid import save_figure
+
+    return save_figure(fig, out)
 
 
 # ---- presets ------------------------------------------------------------------------------------

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .grid import save_figure
+
 
 def plot_losses(records: list[dict], out: str | Path, keys: list[str] | None = None) -> Path | None:
     import matplotlib
@@ -25,8 +27,4 @@ def plot_losses(records: list[dict], out: str | Path, keys: list[str] | None = N
         ax.set_xlabel("kimg")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)

@@ -61,3 +61,15 @@ def save_gif(frames: Sequence[torch.Tensor], path: str | os.PathLike, duration_m
     pils = [p.convert("RGB") if p.mode == "L" else p for p in pils]
     _atomic_save(lambda p: pils[0].save(p, format="GIF", save_all=True, append_images=pils[1:],
                                         duration=duration_ms, loop=loop), path)
+
+
+def save_figure(fig, out: str | os.PathLike) -> Path:
+    """Lay out, write (creating the folder) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
