@@ -58,6 +58,7 @@ from ..nets import MLP
 from ..priors import make_prior
 from ..registry import METHODS, register
 from .base import Method, OptimizerSpec, Phase, StepContext
+from ..nets.conv import check_norm
 from .vae import build_encoder_decoder
 
 __all__ = ["AAEConfig", "AAE", "recon_phase", "disc_phase", "enc_phase", "latent_scatter"]
@@ -82,12 +83,13 @@ class AAEConfig(MethodConfig):
     max_channels: int = 256
     hidden: int = 512  # mlp width (E and G)
     depth: int = 2  # mlp hidden layers (E and G)
-    norm: bool = False  # BatchNorm in residual blocks
+    norm: str = "none"  # residual-block normalisation: none | group | batch (see calae.nets.conv)
     d_hidden: int = 512  # latent discriminator width (the paper: 1000)
     d_depth: int = 2  # latent discriminator hidden layers (the paper: 2)
 
     def __post_init__(self):
         super().__post_init__()
+        self.norm = check_norm(self.norm)
         check_range("z_dim", self.z_dim, 1, 4096)
         check_choice("encoder", self.encoder, ("deterministic", "gaussian"))
         check_choice("recon", self.recon, ("bce", "mse"))

@@ -393,7 +393,7 @@ add_preset("as-intro-vae-mnist", "as_intro_vae", "AS-IntroVAE on MNIST (use --da
            model={"z_dim": 32, "base_channels": 64, "max_channels": 128, "lr": 2e-4, "beta_neg": 256.0,
                   "ema_kimg": round(ema_kimg_for(0.999, 128), 2)})
 # Fractals at 64 px: β_neg 256 keeps KL(fake) − KL(real) clearly positive (CPU trial: 6 kimg, batch 16,
-# lr 5e-4, 2 kimg warm-up: gap settles near +100 nats); lr as the VAE fractal preset.
+# lr 5e-4, 2 kimg warm-up: gap settles near +100 nats).
 add_preset("soft-intro-vae-fractals", "soft_intro_vae", "Soft-IntroVAE on 64 px fractals",
            train={"data": "fractals", "resolution": 64, "batch_size": 32, "kimg": 200},
            model={"z_dim": 128, "base_channels": 32, "max_channels": 256, "lr": 5e-4, "beta_neg": 256.0,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import MethodConfig, add_preset, check_choice, check_range
+from ..nets.conv import check_norm
 from ..data.base import Batch, DataInfo
 from ..losses import kl_normal, recon_loss, reparameterize
 from ..nets import MLP, ConvDecoder, ConvEncoder
@@ -29,7 +30,10 @@ class VAEConfig(MethodConfig):
     max_channels: int = 256
     hidden: int = 256  # mlp width
     depth: int = 3  # mlp hidden layers
-    norm: bool = False  # BatchNorm in residual blocks (off: consistent train/eval at small batch)
+    # Residual-block normalisation: group (per image: training and inference agree at any batch
+    # size; without it the colour VAE did not learn chroma on fractals), batch (the official
+    # Soft-IntroVAE's; train/eval differ at small batches) or none.
+    norm: str = "group"
 
     def __post_init__(self):
         super().__post_init__()
@@ -39,6 +43,7 @@ class VAEConfig(MethodConfig):
         check_choice("recon", self.recon, ("mse", "bce"))
         check_choice("arch", self.arch, ("auto", "conv", "mlp"))
         check_range("base_channels", self.base_channels, 1, 1024)
+        self.norm = check_norm(self.norm)
 
 
 def build_encoder_decoder(cfg, info: DataInfo, enc_out: int):
@@ -124,10 +129,10 @@ def vae_loss(m: VAE, batch: Batch, ctx: StepContext) -> dict:
 
 add_preset("vae-fractals", "vae", "VAE on 64 px fractals",
            train={"data": "fractals", "resolution": 64, "batch_size": 32, "kimg": 200},
-           model={"z_dim": 128, "base_channels": 32, "lr": 5e-4})
+           model={"z_dim": 128, "base_channels": 32, "lr": 2e-4})
 add_preset("vae-demo", "vae", "the `make demo` run: VAE on 32 px fractals, a few minutes on 2 cores",
            train={"data": "fractals", "resolution": 32, "batch_size": 32, "kimg": 12, "n_data": 4096},
-           model={"z_dim": 64, "base_channels": 32, "max_channels": 128, "lr": 1e-3, "beta_kl": 0.1})
+           model={"z_dim": 64, "base_channels": 32, "max_channels": 128, "lr": 2e-4, "beta_kl": 0.1})
 add_preset("vae-digits", "vae", "VAE on scikit-learn digits at 16 px",
            train={"data": "digits", "resolution": 16, "batch_size": 64, "kimg": 60},
            model={"z_dim": 16, "base_channels": 32, "lr": 1e-3})

@@ -2,13 +2,50 @@
 
 Layout follows Daniel & Tamar (2021): a 5x5 stem, residual blocks with average-pool downsampling
 (nearest upsampling in the decoder), a linear layer to/from the latent and a linear image output.
-BatchNorm is off by default: at the small batches users train with (seed 003: batch 6) its
-train/eval statistics differ and reconstructions change between training and inference.
+Normalisation in the residual blocks (``norm``): "group" (GroupNorm, 8 groups; per image, so
+training and inference compute the same thing at any batch size), "batch" (the official
+Soft-IntroVAE's BatchNorm; at the small batches users train with, seed 003's batch 6, its train/eval
+statistics differ and reconstructions change between training and inference) or "none".
+GroupNorm is what the VAE family uses by default: without it the colour VAE on 32 px fractals
+learnt luminance only (reconstruction chroma std 0.018 after 400 steps, data 0.30); with it, 0.165.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+
+NORMS = ("none", "group", "batch")
+
+
+def norm_name(norm: bool | str | None) -> str:
+    """Normalisation choice from a name or the older bool (True: BatchNorm, False: none)."""
+    if norm is None or norm is False:
+        return "none"
+    if norm is True:
+        return "batch"
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}; got {norm!r}")
+    return norm
+
+
+def check_norm(norm) -> str:
+    """norm_name for configs: a bad value is a ConfigError naming the option."""
+    from ..config import ConfigError
+
+    try:
+        return norm_name(norm)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def norm_layer(norm: str, channels: int) -> nn.Module:
+    if norm == "group":
+        return nn.GroupNorm(math.gcd(8, channels), channels)
+    if norm == "batch":
+        return nn.BatchNorm2d(channels)
+    return nn.Identity()
 
 
 def plan_levels(resolution: int, base: int = 32, max_ch: int = 256) -> tuple[list[int], int]:
@@ -24,13 +61,14 @@ def plan_levels(resolution: int, base: int = 32, max_ch: int = 256) -> tuple[lis
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, norm: bool = False):
+    def __init__(self, cin: int, cout: int, norm: bool | str = "none"):
         super().__init__()
+        norm = norm_name(norm)
         self.skip = nn.Conv2d(cin, cout, 1, bias=False) if cin != cout else nn.Identity()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=not norm)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=not norm)
-        self.norm1 = nn.BatchNorm2d(cout) if norm else nn.Identity()
-        self.norm2 = nn.BatchNorm2d(cout) if norm else nn.Identity()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none")
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=norm == "none")
+        self.norm1 = norm_layer(norm, cout)
+        self.norm2 = norm_layer(norm, cout)
         self.act = nn.LeakyReLU(0.2)
 
     def forward(self, x):
@@ -43,7 +81,7 @@ class ConvEncoder(nn.Module):
     """x [N, C, R, R] -> [N, out_dim] (out_dim = 2*z for a Gaussian posterior)."""
 
     def __init__(self, channels: int, resolution: int, out_dim: int, base: int = 32, max_ch: int = 256,
-                 norm: bool = False):
+                 norm: bool | str = "none"):
         super().__init__()
         chans, size = plan_levels(resolution, base, max_ch)
         self.stem = nn.Sequential(nn.Conv2d(channels, chans[0], 5, padding=2), nn.LeakyReLU(0.2))
@@ -73,7 +111,7 @@ class ConvDecoder(nn.Module):
     """z [N, z_dim] -> x [N, C, R, R] (linear output; the loss decides the output range)."""
 
     def __init__(self, channels: int, resolution: int, z_dim: int, base: int = 32, max_ch: int = 256,
-                 norm: bool = False):
+                 norm: bool | str = "none"):
         super().__init__()
         chans, size = plan_levels(resolution, base, max_ch)
         self.size, self.c0 = size, chans[-1]
