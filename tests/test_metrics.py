@@ -464,3 +464,24 @@ def test_inception_loads_torchvision_key_names(tmp_path):
         InceptionFeatures(str(tmp_path / "bad.pt"))
     with pytest.raises(MetricError, match="not found"):
         InceptionFeatures(str(tmp_path / "none.pt"))
+
+
+def test_feature_classifier_is_shared_by_datasets_with_the_same_data(monkeypatch):
+    """Re-opening the same data reuses the fitted classifier (exact: the fit is deterministic); other data refits."""
+    fits = []
+    real_fit = ClassifierFeatures.fit.__func__
+
+    def counting_fit(cls, *a, **k):
+        fits.append(1)
+        return real_fit(cls, *a, **k)
+
+    monkeypatch.setattr(ClassifierFeatures, "fit", classmethod(counting_fit))
+    model_ds = image_dataset(labelled=True, n=120)
+    model = FakeImageModel(model_ds.info, model_ds.x)
+    kw = dict(n=100, seed=0, batch_size=64, clf_steps=7)  # steps unused elsewhere: a fresh cache key
+    r1 = evaluate(model, image_dataset(labelled=True, n=120), ["fd_classifier"], **kw)
+    r2 = evaluate(model, image_dataset(labelled=True, n=120), ["fd_classifier"], **kw)
+    assert len(fits) == 1 and r1 == r2
+    x, y = labelled_images(120, seed=2)
+    evaluate(model, TensorDataset(x, y, info=model_ds.info), ["fd_classifier"], **kw)
+    assert len(fits) == 2

@@ -19,6 +19,7 @@ Protocol choices that a number depends on:
 from __future__ import annotations
 
 import functools
+import hashlib
 import inspect
 import math
 import os
@@ -162,7 +163,12 @@ def _classifier(ctx: Context) -> ClassifierFeatures:
         x, y = gather(ds, idx, 1024)
         if y is None:
             raise MetricError("the feature classifier needs labels; this dataset's batches carry none")
-        return ClassifierFeatures.fit(x, y, ctx.info.num_classes, steps=steps, seed=seed, device=ctx.device)
+        # The fit is a pure function of these images, labels, seed and steps: share it between dataset
+        # objects holding the same data (a benchmark opens the data once per model; the fit is ~40 s).
+        digest = hashlib.sha1(x.contiguous().numpy().tobytes() + y.contiguous().numpy().tobytes()).hexdigest()
+        return _remember(("classifier_data", digest, ctx.info.num_classes, seed, steps, str(ctx.device)), None,
+                         lambda: ClassifierFeatures.fit(x, y, ctx.info.num_classes, steps=steps, seed=seed,
+                                                        device=ctx.device))
 
     net = _remember(("classifier", id(ds), len(ds), ctx.info, seed, steps), ds, make)
     net.seed = seed
