@@ -276,7 +276,7 @@ def test_negative_gap_in_training_warns(no_noise):
     m = points_method("soft_intro_vae", E, G, beta_neg=2.0, gap_warn_kimg=1.0)
     batch = Batch(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
     with pytest.warns(KLGapWarning, match="lower beta_neg"):
-        for step in range(4):
+        for step in range(6):  # 1 kimg settling window, then 1 kimg negative
             ctx = StepContext(step, 0.5 * step, 10.0)
             soft_intro_encoder_loss(m, batch, ctx)
             soft_intro_decoder_loss(m, batch, ctx)
@@ -395,3 +395,24 @@ def test_learns_digits(kind, tmp_path, one_thread):
     gaps = [s["decoder/kl_gap"] for s in stats if "decoder/kl_gap" in s]
     assert all(g >= 0 for g in gaps[len(gaps) // 2:]), gaps
     assert float(tr.method.beta_neg_schedule.gap_ema) >= 0
+
+
+def test_switch_on_transient_is_not_a_negative_gap():
+    """A large negative gap in the first smooth_kimg (the warm-up switch) neither warns nor moves β_neg;
+    a gap that stays negative after it still warns."""
+    import warnings
+
+    sch = ConstantBetaNeg(256.0, warn_kimg=2.0, smooth_kimg=1.0)
+    ada = AdaptiveBetaNeg(64.0, smooth_kimg=1.0, warn_kimg=2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KLGapWarning)
+        for i in range(40):  # kimg 4.0 .. 7.9: -500 nats for the first kimg, then +15
+            gap = -500.0 if i < 10 else 15.0
+            sch.observe(gap, 30.0, ctx_at(i, 4.0 + 0.1 * i))
+            ada.observe(gap, 30.0, ctx_at(i, 4.0 + 0.1 * i))
+            if i < 10:
+                assert ada.value(ctx_at(i, 4.0 + 0.1 * i)) == pytest.approx(64.0)
+    assert float(sch.gap_ema) == pytest.approx(15.0)
+    with pytest.warns(KLGapWarning):
+        for i in range(40, 120):  # the smoothed gap crosses zero ~2.6 kimg in, then 2 kimg negative
+            sch.observe(-3.0, 30.0, ctx_at(i, 4.0 + 0.1 * i))

@@ -24,7 +24,11 @@ Schedules (``make_beta_neg_schedule``):
   ρ > band[1] → raise it (back toward stability); clamped to ``bounds`` (seed 003: 4..256).
 
 Every schedule monitors the smoothed gap and warns once (``KLGapWarning``) when it has stayed
-negative for ``warn_kimg``, naming the remedy.
+negative for ``warn_kimg``, naming the remedy. The first ``smooth_kimg`` after the first observation
+is a settling window: the smoothed values restart from each raw value and nothing adapts or warns.
+When the introspective terms switch on after a VAE warm-up, KL(real) jumps for about a kimg (32 px
+fractals: gap −66 nats averaged over 2.0–2.5 kimg, then +13 to +23); smoothing that transient in
+kept the gap "negative" for over 2 kimg and raised a false warning.
 """
 from __future__ import annotations
 
@@ -77,6 +81,7 @@ class BetaNegSchedule(nn.Module):
         self.register_buffer("kl_real_ema", torch.zeros((), **f64))
         self.register_buffer("last_step", torch.full((), -1.0, **f64))
         self.register_buffer("last_kimg", torch.zeros((), **f64))
+        self.register_buffer("start_kimg", torch.zeros((), **f64))  # first observation (settling window)
         self.register_buffer("neg_since_kimg", torch.full((), -1.0, **f64))  # -1: gap not negative
         self.register_buffer("warned", torch.zeros((), **f64))
 
@@ -93,12 +98,19 @@ class BetaNegSchedule(nn.Module):
             return
         with torch.no_grad():
             first = int(self.last_step) < 0
+            if first:
+                self.start_kimg.fill_(ctx.kimg)
+            settled_at = float(self.start_kimg) + self.smooth_kimg
+            settling = ctx.kimg < settled_at
+            fresh = first or settling or float(self.last_kimg) < settled_at  # restart from the raw value
             dk = 0.0 if first else max(0.0, ctx.kimg - float(self.last_kimg))
-            a = 1.0 if first or self.smooth_kimg <= 0 else 1.0 - 0.5 ** (dk / self.smooth_kimg)
+            a = 1.0 if fresh or self.smooth_kimg <= 0 else 1.0 - 0.5 ** (dk / self.smooth_kimg)
             self.gap_ema.lerp_(torch.full_like(self.gap_ema, gap), a)
             self.kl_real_ema.lerp_(torch.full_like(self.kl_real_ema, kl_real), a)
             self.last_step.fill_(ctx.step)
             self.last_kimg.fill_(ctx.kimg)
+            if settling:
+                return
             self._adapt(dk)
         self._monitor(ctx)
 
