@@ -6,7 +6,7 @@ whose data starts with the data name), otherwise its defaults. Training time cou
 optimisation steps (pictures, checkpoints and evaluation are excluded), so methods with costlier
 iterations see fewer images: that is the point of an equal budget.
 
-    python -m benchmarks.bench_quality [--quick] [--seconds S] [--methods vae,aae]
+    python -m benchmarks.bench_quality [--quick] [--seconds S] [--methods vae,aae] [--data digits] [--merge]
 """
 from __future__ import annotations
 
@@ -47,11 +47,36 @@ def run_one(method: str, data: str, seconds: float, n_eval: int, seed: int = 0) 
         trainer = Trainer(from_dict(TrainConfig, tr), model, Path(tmp) / "run", progress=False)
         trainer._pictures = lambda *a, **k: None
         trainer._finish_pictures = lambda *a, **k: None
+        # The untrained model's scores: the reference that shows each method learnt.
+        start = evaluate(trainer.method, trainer.dataset, spec["metrics"], n=n_eval, seed=seed)
         res = trainer.run(time_limit_s=seconds)
         t0 = time.perf_counter()
         scores = evaluate(trainer.method, trainer.dataset, spec["metrics"], n=n_eval, seed=seed)
+        sched = getattr(trainer.method, "beta_neg_schedule", None)  # Soft-/AS-IntroVAE: KL(fake) - KL(real)
         return {"method": method, "data": data, "preset": pname, "train_s": res["time_s"], "kimg": res["kimg"],
-                "eval_s": time.perf_counter() - t0, **scores}
+                "eval_s": time.perf_counter() - t0, "skipped": res["skipped"],
+                "kl_gap": None if sched is None else float(sched.gap_ema),
+                **scores, **{f"start:{k}": v for k, v in start.items()}}
+
+
+KEYS = {"fractals": ["recon/mse", "recon/psnr", "swd_rec/avg", "swd_gen/avg", "fd_randconv/fd"],
+        "digits": ["recon/mse", "recon/psnr", "fd_classifier/fd", "probe_1nn/acc", "probe_linear/acc"]}
+
+
+def table(rows: list[dict], seconds: float) -> str:
+    """Markdown tables, one per data set: each metric as start -> end, then kimg and the KL gap."""
+    out = []
+    for data in dict.fromkeys(r["data"] for r in rows):
+        keys = KEYS[data]
+        out += [f"\n{data} ({DATA[data]['resolution']} px), {seconds:.0f} s of training each, untrained -> trained",
+                "| method | kimg | " + " | ".join(keys) + " | KL gap |", "|---" * (len(keys) + 3) + "|"]
+        for r in rows:
+            if r["data"] != data:
+                continue
+            cells = [f"{r.get('start:' + k, float('nan')):.4g} → {r.get(k, float('nan')):.4g}" for k in keys]
+            gap = "" if r.get("kl_gap") is None else f"{r['kl_gap']:+.3g}"
+            out.append(f"| {r['method']} | {r['kimg']:.1f} | " + " | ".join(cells) + f" | {gap} |")
+    return "\n".join(out)
 
 
 def main(argv=None) -> list[dict]:
@@ -60,30 +85,36 @@ def main(argv=None) -> list[dict]:
     load_all()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="20 s per run, fewer evaluation samples")
+    p.add_argument("--out", default=None, help="JSON path (default results/quality.json, --quick: quality_quick.json)")
     p.add_argument("--seconds", type=float, help="training seconds per (method, data)")
     p.add_argument("--methods", default=",".join(sorted(METHODS)))
     p.add_argument("--data", default="fractals,digits")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the other (method, data) rows of --out and replace only the ones run now")
     a = p.parse_args(argv)
-    seconds = a.seconds or (20 if a.quick else 150)
+    seconds = a.seconds or (20 if a.quick else 90)
     n_eval = 500 if a.quick else 1000
+    path = Path(a.out or RESULTS / ("quality_quick.json" if a.quick else "quality.json"))
     rows = []
+    if a.merge and path.exists():
+        old = json.loads(path.read_text())
+        if old.get("seconds") != seconds or old.get("n_eval") != n_eval:
+            raise SystemExit(f"--merge: {path} was measured with {old.get('seconds')} s and n_eval "
+                             f"{old.get('n_eval')}; run with the same budget or without --merge")
+        rows = old["rows"]
     for data in a.data.split(","):
         for m in a.methods.split(","):
             row = run_one(m, data, seconds, n_eval)
-            rows.append(row)
+            rows = [r for r in rows if (r["method"], r["data"]) != (m, data)] + [row]
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
-    keys = {"fractals": ["recon/mse", "recon/psnr", "swd_rec/avg", "swd_gen/avg", "fd_randconv/fd"],
-            "digits": ["recon/mse", "recon/psnr", "fd_classifier/fd", "probe_1nn/acc", "probe_linear/acc"]}
-    for data in a.data.split(","):
-        print(f"\n{data} ({DATA[data]['resolution']} px), {seconds:.0f} s of training each")
-        print(f"{'method':<16}{'kimg':>7}" + "".join(f"{k:>18}" for k in keys[data]))
-        for r in rows:
-            if r["data"] == data:
-                print(f"{r['method']:<16}{r['kimg']:>7.1f}" + "".join(f"{r.get(k, float('nan')):>18.4g}" for k in keys[data]))
+    order = {d: i for i, d in enumerate(DATA)}
+    rows.sort(key=lambda r: (order.get(r["data"], 99), r["method"]))
+    print(table(rows, seconds))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "quality.json").write_text(json.dumps(
+    path.write_text(json.dumps(
         {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "seconds": seconds,
          "n_eval": n_eval, "rows": rows}, indent=2))
+    print(f"\nwrote {path}")
     return rows
 
 

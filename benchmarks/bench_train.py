@@ -41,22 +41,27 @@ def measure_peaks(seconds: float = 1.0) -> dict:
     return out
 
 
-def step_flops(trainer) -> float:
-    """FLOPs of one training step (all phases, forward + backward)."""
+def step_flops(trainer, items: int = 4) -> float:
+    """FLOPs of one training step (all phases, forward + backward), counted on ``items`` images and
+    scaled to the batch (every method's cost is linear in the batch but AS-IntroVAE's pairwise
+    distance, which is negligible next to its networks); a full-batch count would cost a step."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from calae.methods.base import StepContext
 
-    batch = trainer._to_model(trainer.dataset.get(torch.arange(trainer.cfg.batch_size)))
+    items = min(items, trainer.cfg.batch_size)
+    batch = trainer._to_model(trainer.dataset.get(torch.arange(items)))
     saved = {k: v.detach().clone() for k, v in trainer.method.state_dict().items()}
     with FlopCounterMode(display=False) as fc:
         for ph in trainer.phases:
             trainer.run_phase(ph, batch, StepContext(0, 0.0, 1.0))
     trainer.method.load_state_dict(saved)
-    return float(fc.get_total_flops())
+    return float(fc.get_total_flops()) * trainer.cfg.batch_size / items
 
 
-def bench_one(method: str, resolution: int, precision: str, steps: int, batch: int, model_over: dict) -> dict:
+def bench_one(method: str, resolution: int, precision: str, steps: int, batch: int, model_over: dict,
+              seconds: float | None = None) -> dict:
+    """Warm up 2 steps, then time up to ``steps`` steps or ``seconds`` of training, whichever ends first."""
     from calae.config import TrainConfig
     from calae.training import Trainer
 
@@ -67,7 +72,7 @@ def bench_one(method: str, resolution: int, precision: str, steps: int, batch: i
                               log_every_kimg=0, n_data=4096)
             return Trainer(cfg, dict(model_over), Path(tmp) / "run", progress=False)
 
-        warm = 3
+        warm = 2
         total_kimg = (warm + steps) * batch / 1000
         tr = make(total_kimg)
         flops = step_flops(tr)
@@ -77,7 +82,7 @@ def bench_one(method: str, resolution: int, precision: str, steps: int, batch: i
         tr2 = make(total_kimg)
         tr2._pictures = lambda *a, **k: None
         tr2._finish_pictures = lambda *a, **k: None
-        r2 = tr2.run()
+        r2 = tr2.run(time_limit_s=None if seconds is None else r1["time_s"] + seconds)
         dt = r2["time_s"] - r1["time_s"]
         n_img = (r2["steps"] - r1["steps"]) * batch
         return {"method": method, "resolution": resolution, "precision": precision, "batch": batch,
@@ -97,13 +102,13 @@ def main(argv=None) -> list[dict]:
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     res = [int(r) for r in (a.resolutions or ("32" if a.quick else "32,64")).split(",")]
-    steps = 6 if a.quick else 20
+    steps, seconds = (6, 8.0) if a.quick else (20, 20.0)
     peaks = measure_peaks(0.5 if a.quick else 1.5)
     rows = []
     for m in a.methods.split(","):
         for r in res:
             for prec in ("fp32", "bf16"):
-                rows.append(bench_one(m, r, prec, steps, a.batch, {}))
+                rows.append(bench_one(m, r, prec, steps, a.batch, {}, seconds))
     # ratios measured side by side
     for row in rows:
         ref = next(x for x in rows if x["method"] == row["method"] and x["resolution"] == row["resolution"]
