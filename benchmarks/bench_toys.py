@@ -10,7 +10,7 @@ AS-IntroVAE on 8Gaussians, 2spirals, checkerboard and rings, with the paper's me
 Setup (official soft_intro_vae_2d): z 2, batch 512, MLP 3 x 256, Adam lr 2e-4, the paper's β per toy
 (``calae.methods.soft_intro_vae`` presets). The VAE baseline uses the same β_kl and β_rec. The paper
 trains 30k iterations with 2k plain-VAE warm-up and decays the lr 10x at 10k and 15k; on this 2-core
-CPU the default budget (``make bench``) is ``--iters`` 1,500 iterations with warm-up 1/15 of it (the paper's ratio) and a
+CPU the default budget (``make bench``) is ``--iters`` 1,000 iterations with warm-up 1/15 of it (the paper's ratio) and a
 constant lr (the engine has no lr schedule). AS-IntroVAE's decoder EMA is 0.999 per step
 (354.7 kimg at batch 512) and its annealing spans the run after the warm-up.
 
@@ -211,7 +211,7 @@ def main(argv=None) -> dict:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="300 iterations, 256-point grid: a smoke run")
-    ap.add_argument("--iters", type=int, default=1500,
+    ap.add_argument("--iters", type=int, default=1000,
                     help="training iterations per model (paper: 30,000; the README's table: 10,000)")
     ap.add_argument("--toys", default=",".join(TOYS))
     ap.add_argument("--methods", default=",".join(METHODS))
