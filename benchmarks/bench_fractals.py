@@ -17,7 +17,7 @@ and the load average is recorded.
 
     python -m benchmarks.bench_fractals [--quick]
 
-Writes benchmarks/results/fractals.json.
+Writes benchmarks/results/fractals.json (--quick: fractals_quick.json).
 """
 from __future__ import annotations
 
@@ -285,9 +285,10 @@ def main(argv=None) -> int:
         "limits": limits,
         "rows": rows,
     }
-    tmp = RESULTS / "fractals.json.tmp"
+    path = RESULTS / ("fractals_quick.json" if quick else "fractals.json")
+    tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, RESULTS / "fractals.json")
+    os.replace(tmp, path)
     return 0
 
 
