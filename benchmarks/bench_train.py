@@ -122,6 +122,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--methods", default=",".join(sorted(METHODS)))
     p.add_argument("--resolutions", default=None)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--out", default=None, help="JSON path (default results/train_throughput.json, --quick: *_quick.json)")
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     res = [int(r) for r in (a.resolutions or ("32" if a.quick else "32,64")).split(",")]
@@ -149,7 +150,7 @@ def main(argv=None) -> list[dict]:
               f"{r['speedup_vs_fp32']:>8.2f}x{r['gflop_per_step']:>12.2f}{r['tflops']:>9.3f}"
               f"{r['frac_of_conv_peak']:>8.1%}{r['data_wait_frac']:>10.1%}")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / ("train_throughput_quick.json" if a.quick else "train_throughput.json")
+    path = Path(a.out) if a.out else RESULTS / ("train_throughput_quick.json" if a.quick else "train_throughput.json")
     path.write_text(json.dumps(
         {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "peaks_tflops": peaks,
          "rows": rows}, indent=2))
