@@ -55,10 +55,10 @@ from ..config import ConfigError, MethodConfig, add_preset, check, check_choice,
 from ..data.base import Batch, DataInfo
 from ..losses import nonsat_logistic, recon_loss, reparameterize
 from ..nets import MLP
+from ..nets.conv import check_norm
 from ..priors import make_prior
 from ..registry import METHODS, register
 from .base import Method, OptimizerSpec, Phase, StepContext
-from ..nets.conv import check_norm
 from .vae import build_encoder_decoder
 
 __all__ = ["AAEConfig", "AAE", "recon_phase", "disc_phase", "enc_phase", "latent_scatter"]

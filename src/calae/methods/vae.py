@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from ..config import MethodConfig, add_preset, check_choice, check_range
-from ..nets.conv import check_norm
 from ..data.base import Batch, DataInfo
 from ..losses import kl_normal, recon_loss, reparameterize
 from ..nets import MLP, ConvDecoder, ConvEncoder
+from ..nets.conv import check_norm
 from ..registry import METHODS, register
 from .base import Method, OptimizerSpec, Phase, StepContext
 
@@ -31,8 +31,8 @@ class VAEConfig(MethodConfig):
     hidden: int = 256  # mlp width
     depth: int = 3  # mlp hidden layers
     # Residual-block normalisation: group (per image: training and inference agree at any batch
-    # size; without it the colour VAE did not learn chroma on fractals), batch (the official
-    # Soft-IntroVAE's; train/eval differ at small batches) or none.
+    # size; with lr 2e-4 it is what lets the colour VAE learn chroma on fractals, see nets.conv),
+    # batch (the official Soft-IntroVAE's; train/eval differ at small batches) or none.
     norm: str = "group"
 
     def __post_init__(self):

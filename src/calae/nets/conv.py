@@ -6,8 +6,9 @@ Normalisation in the residual blocks (``norm``): "group" (GroupNorm, 8 groups; p
 training and inference compute the same thing at any batch size), "batch" (the official
 Soft-IntroVAE's BatchNorm; at the small batches users train with, seed 003's batch 6, its train/eval
 statistics differ and reconstructions change between training and inference) or "none".
-GroupNorm is what the VAE family uses by default: without it the colour VAE on 32 px fractals
-learnt luminance only (reconstruction chroma std 0.018 after 400 steps, data 0.30); with it, 0.165.
+GroupNorm is what the VAE family uses by default. The demo's VAE (32 px fractals, 12 kimg) learnt
+luminance but hardly any colour without it: reconstruction chroma spread 0.013 at lr 5e-4 and
+0.093 at lr 2e-4, against 0.221 with GroupNorm at lr 2e-4 (data 0.31; MSE 0.159 / 0.151 / 0.119).
 """
 from __future__ import annotations
 
