@@ -52,9 +52,7 @@ def run_one(task: tuple) -> dict:
     model = dict(model, **({"ema_kimg": 2.0} if method == "as_intro_vae" else {}))
     with tempfile.TemporaryDirectory() as tmp:
         cfg = TrainConfig(method=method, seed=seed, sample_every_kimg=0, snapshot_every_kimg=0, **train)
-        tr = Trainer(cfg, model, Path(tmp) / "run", progress=False)
-        tr._pictures = lambda *a, **k: None
-        tr._finish_pictures = lambda *a, **k: None
+        tr = Trainer(cfg, model, Path(tmp) / "run", progress=False, pictures=False)
         t0 = time.time()
         start = evaluate(tr.method, tr.dataset, metrics, n=1000, seed=seed)
         res = tr.run()

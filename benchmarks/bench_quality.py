@@ -44,9 +44,7 @@ def run_one(method: str, data: str, seconds: float, n_eval: int, seed: int = 0) 
               sample_every_kimg=0, snapshot_every_kimg=0, log_every_kimg=1, n_data=20_000)
     tr.pop("epochs", None)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(from_dict(TrainConfig, tr), model, Path(tmp) / "run", progress=False)
-        trainer._pictures = lambda *a, **k: None
-        trainer._finish_pictures = lambda *a, **k: None
+        trainer = Trainer(from_dict(TrainConfig, tr), model, Path(tmp) / "run", progress=False, pictures=False)
         # The untrained model's scores: the reference that shows each method learnt.
         start = evaluate(trainer.method, trainer.dataset, spec["metrics"], n=n_eval, seed=seed)
         res = trainer.run(time_limit_s=seconds)

@@ -61,9 +61,7 @@ def train(method: str, toy: str, iters: int, seed: int, tmp: Path):
     cfg = TrainConfig(method=method, data=f"toy:{toy}", batch_size=BATCH, kimg=iters * BATCH / 1000, seed=seed,
                       precision="fp32", log_every_kimg=iters * BATCH / 1000 / 20, sample_every_kimg=0,
                       snapshot_every_kimg=0, prefetch=2)
-    tr = Trainer(cfg, model_config(method, toy, iters), tmp / f"{method}-{toy}", progress=False)
-    tr._pictures = lambda *a, **k: None  # points: nothing to draw; keep the timing about training
-    tr._finish_pictures = lambda *a, **k: None
+    tr = Trainer(cfg, model_config(method, toy, iters), tmp / f"{method}-{toy}", progress=False, pictures=False)
     t0 = time.perf_counter()
     res = tr.run()
     res["wall_s"] = time.perf_counter() - t0

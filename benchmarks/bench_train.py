@@ -93,18 +93,14 @@ def bench_one(method: str, resolution: int, precision: str, steps: int, batch: i
             cfg = TrainConfig(method=method, data="fractals", resolution=resolution, batch_size=batch,
                               kimg=kimg, precision=precision, sample_every_kimg=0, snapshot_every_kimg=0,
                               log_every_kimg=0, n_data=4096)
-            return Trainer(cfg, dict(model_over), Path(tmp) / "run", progress=False)
+            return Trainer(cfg, dict(model_over), Path(tmp) / "run", progress=False, pictures=False)
 
         warm = 2
         total_kimg = (warm + steps) * batch / 1000
         tr = make(total_kimg)
         flops = step_flops(tr)
-        tr._pictures = lambda *a, **k: None  # pictures are not what we time
-        tr._finish_pictures = lambda *a, **k: None
         r1 = tr.run(stop_at_step=warm)
         tr2 = make(total_kimg)
-        tr2._pictures = lambda *a, **k: None
-        tr2._finish_pictures = lambda *a, **k: None
         r2 = tr2.run(time_limit_s=None if seconds is None else r1["time_s"] + seconds)
         dt = r2["time_s"] - r1["time_s"]
         n_img = (r2["steps"] - r1["steps"]) * batch

@@ -269,3 +269,14 @@ def test_conv_vae_learns_colour_on_fractals(tmp_path):
     end = (r - x).pow(2).mean().item()
     assert end < 0.5 * start, (start, end)
     assert chroma(r) > 0.4 * chroma(x), (chroma(r), chroma(x))
+
+
+def test_pictures_off_writes_no_pictures(tmp_path):
+    """Trainer(pictures=False) (the benchmarks' setting) trains and checkpoints but draws nothing."""
+    cfg = TrainConfig(method="vae", data="digits", resolution=16, kimg=0.128, batch_size=16, log_every_kimg=0.064,
+                      sample_every_kimg=0.064, snapshot_every_kimg=0.064, precision="fp32")
+    tr = Trainer(cfg, tiny_model_cfg("vae"), tmp_path / "run", progress=False, pictures=False)
+    tr.run()
+    files = {p.name for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert "snapshot.safetensors" in files
+    assert not [f for f in files if f.endswith((".png", ".gif"))], files

@@ -80,7 +80,9 @@ class Trainer:
     """Builds a run from configs and trains it; re-running on the same folder resumes it."""
 
     def __init__(self, train: TrainConfig, model: dict, out: str | os.PathLike | None, force: bool = False,
-                 progress: bool = True, log=None):
+                 progress: bool = True, log=None, pictures: bool = True):
+        """``pictures=False`` draws no sample grids, reconstructions, loss curves or progress GIF
+        (benchmarks time and evaluate training only)."""
         load_all()
         if train.method not in METHODS:
             raise ConfigError(f"unknown method {train.method!r}; choose one of {', '.join(sorted(METHODS))}")
@@ -92,6 +94,7 @@ class Trainer:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.main = self.rank == 0
         self.progress = progress and self.main
+        self.pictures = pictures
         self.log = (log or (lambda s: print(s, file=sys.stderr))) if self.main else (lambda s: None)
         self.amp = resolve_precision(train.precision, self.device)
         if train.threads > 0:
@@ -211,7 +214,7 @@ class Trainer:
                     be.copy_(b)
 
     def _pictures(self, final: bool = False) -> None:
-        if not self.main:
+        if not (self.main and self.pictures):
             return
         kimg = self.counters["kimg"]
         tag = f"{int(round(kimg * 1000)):09d}"
@@ -228,7 +231,7 @@ class Trainer:
         self.stats.image("samples", grid, kimg)
 
     def _finish_pictures(self) -> None:
-        if not self.main:
+        if not (self.main and self.pictures):
             return
         from ..viz.curves import plot_losses
 
