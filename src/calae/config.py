@@ -63,6 +63,8 @@ class TrainConfig:
     metrics_every_kimg: float = 0.0
     metrics_n: int = 1000
     grad_clip: float = 0.0  # 0: off
+    lr_decay_kimg: tuple[float, ...] = ()  # milestones (kimg): every optimizer's lr is multiplied by lr_decay at each
+    lr_decay: float = 0.1  # the factor applied at each milestone of lr_decay_kimg
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     prefetch: int = 4  # batches prepared ahead by the data thread
     threads: int = 0  # torch CPU threads; 0: torch's default (one per core)
@@ -84,6 +86,13 @@ class TrainConfig:
         check_range("max_bad_steps", self.max_bad_steps, 1)
         check_range("prefetch", self.prefetch, 1, 64)
         check_range("--threads", self.threads, 0, 1024)
+        if isinstance(self.lr_decay_kimg, (int, float)):
+            self.lr_decay_kimg = (self.lr_decay_kimg,)
+        check(all(isinstance(m, (int, float)) and m > 0 for m in self.lr_decay_kimg),
+              f"lr_decay_kimg must be positive kimg milestones, e.g. --set lr_decay_kimg=[5120,7680]; "
+              f"got {self.lr_decay_kimg!r}")
+        self.lr_decay_kimg = tuple(sorted(float(m) for m in self.lr_decay_kimg))
+        check_range("lr_decay", self.lr_decay, 0, 1, lo_open=True)
 
 
 def to_dict(obj) -> dict:

@@ -32,7 +32,8 @@ from .stream import BatchStream
 
 # Keys that may change between the run that wrote a folder and the command that resumes it.
 SCHEDULE_KEYS = {"kimg", "epochs", "log_every_kimg", "sample_every_kimg", "snapshot_every_kimg", "metrics",
-                 "metrics_every_kimg", "metrics_n", "prefetch", "device", "max_bad_steps", "threads"}
+                 "metrics_every_kimg", "metrics_n", "prefetch", "device", "max_bad_steps", "threads",
+                 "lr_decay_kimg", "lr_decay"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -65,13 +66,19 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
+def lr_scale(kimg: float, milestones: tuple[float, ...], decay: float) -> float:
+    """Step schedule: ``decay`` to the number of milestones (kimg) already reached."""
+    return decay ** sum(kimg >= m for m in milestones)
+
+
 def build_optimizers(method, specs) -> dict[str, torch.optim.Optimizer]:
     opts = {}
     for name, spec in specs.items():
         groups = []
         for n in spec.nets:
             mult = (spec.lr_mult or {}).get(n, 1.0)
-            groups.append({"params": list(method.nets[n].parameters()), "lr": spec.lr * mult, "name": n})
+            groups.append({"params": list(method.nets[n].parameters()), "lr": spec.lr * mult, "base_lr": spec.lr * mult,
+                           "name": n})
         opts[name] = torch.optim.Adam(groups, lr=spec.lr, betas=spec.betas)
     return opts
 
@@ -200,6 +207,15 @@ class Trainer:
         opt.step()
         return {f"{phase.name}/{k}": float(v.detach()) for k, v in out.items()}
 
+    def _apply_lr_schedule(self, kimg: float) -> float:
+        """Set every group's lr to its base lr times the step schedule's scale at ``kimg``
+        (stateless, so a resumed run continues on the same schedule)."""
+        scale = lr_scale(kimg, self.cfg.lr_decay_kimg, self.cfg.lr_decay)
+        for opt in self.optimizers.values():
+            for g in opt.param_groups:
+                g["lr"] = g.setdefault("base_lr", g["lr"]) * scale  # checkpoints before the schedule lack base_lr
+        return scale
+
     def _update_ema(self) -> None:
         hl = self.method.ema_halflife_kimg()
         if not len(self.method.ema) or hl <= 0:
@@ -317,6 +333,7 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = self._to_model(stream.next())
                 ctx = StepContext(c["step"], c["kimg"], self.total_kimg)
+                scale = self._apply_lr_schedule(c["kimg"])
                 step_ok = True
                 for ph in self.phases:
                     if c["step"] % ph.every or (ph.active is not None and not ph.active(ctx)):
@@ -349,6 +366,8 @@ class Trainer:
                     rec = {"kimg": round(c["kimg"], 4), "step": c["step"], "img_per_s": round(rate, 2),
                            "skipped": c["skipped"],
                            "data_wait": round((stream.wait_s - wait_last) / max(now - t_last, 1e-9), 4)}
+                    if cfg.lr_decay_kimg:
+                        rec["lr_scale"] = scale  # of the last step
                     rec.update({k: acc[k] / acc_n[k] for k in acc})
                     if self.main:
                         self.stats.write(rec)
