@@ -151,26 +151,63 @@ class ASIntroVAEConfig(SoftIntroVAEConfig):
         check_choice("as_reduce", self.as_reduce, ("mean", "sum"))
 
 
+class _KernelSum(torch.autograd.Function):
+    """Σ_{i,j,d} exp(−(μ1_id − μ2_jd)² / (2 v)) / √v with v = var1_id + var2_jd, and its gradient.
+
+    Works over blocks of rows of about ``chunk`` elements each, so the [rows, M, D] temporaries stay
+    in cache, and computes the gradient in the same pass (it is only [N, D] + [M, D] numbers) instead
+    of keeping autograd's ten intermediate N·M·D tensors: at batch 512 this is about twice as fast.
+    With q = (μ1 − μ2)/√v and K the summand: ∂K/∂μ1 = −K·q/√v = −∂K/∂μ2, ∂K/∂v = K·(q² − 1)/(2v).
+    """
+
+    @staticmethod
+    def forward(ctx, mu1, var1, mu2, var2, rows: int):
+        grads = any(ctx.needs_input_grad[:4])
+        tot = mu1.new_zeros(())
+        if grads:
+            g_mu1, g_var1 = torch.empty_like(mu1), torch.empty_like(var1)
+            g_mu2, g_var2 = torch.zeros_like(mu2), torch.zeros_like(var2)
+        for k in range(0, mu1.shape[0], rows):
+            sl = slice(k, k + rows)
+            r = (var1[sl, None, :] + var2[None, :, :]).rsqrt_()  # [rows, M, D] 1/√v
+            q = (mu1[sl, None, :] - mu2[None, :, :]).mul_(r)
+            kern = q.square().mul_(-0.5).exp_().mul_(r)
+            tot += kern.sum()
+            if grads:
+                kr = kern.mul_(r)  # K/√v
+                a = kr * q  # −∂K/∂μ1
+                g_mu1[sl] = -a.sum(1)
+                g_mu2 += a.sum(0)
+                b = kr.mul_(r).mul_(q.square_().sub_(1.0)).mul_(0.5)  # ∂K/∂v
+                g_var1[sl] = b.sum(1)
+                g_var2 += b.sum(0)
+        if grads:
+            ctx.save_for_backward(g_mu1, g_var1, g_mu2, g_var2)
+        return tot
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return (*(g * grad for g in ctx.saved_tensors), None)
+
+
 def as_distance(mu_a: torch.Tensor, logvar_a: torch.Tensor, mu_b: torch.Tensor, logvar_b: torch.Tensor,
-                reduce: str = "mean", chunk: int = 1 << 22) -> torch.Tensor:
+                reduce: str = "mean", chunk: int = 1 << 16) -> torch.Tensor:
     """AS-IntroVAE's batch distance between diagonal-Gaussian batches A and B (methods.md §6):
 
     S(P, Q) = Σ_{i∈P, j∈Q, d} exp(−(μ_id − μ_jd)² / (2(σ²_id + σ²_jd))) / √(σ²_id + σ²_jd),
     dist = S(A, A) + S(B, B) − 2·S(A, B)   (≥ 0: per dimension, √2π times the squared L2 distance
     between the two batches' mixture densities). ``reduce="mean"`` divides each S by its pair count.
-    Inputs are used as given (the caller squashes them by tanh). Work is chunked over dimensions.
+    Inputs are used as given (the caller squashes them by tanh); half precision is computed in fp32.
+    ``chunk``: elements per block of pairs (the block loop of ``_KernelSum``).
     """
     def s(mu1, lv1, mu2, lv2):
         n, m, d = mu1.shape[0], mu2.shape[0], mu1.shape[1]
-        step = max(1, chunk // max(1, n * m))
-        tot = mu1.new_zeros(())
-        for k in range(0, d, step):
-            v = lv1[:, None, k:k + step].exp() + lv2[None, :, k:k + step].exp()  # [N, M, dk]
-            diff = mu1[:, None, k:k + step] - mu2[None, :, k:k + step]
-            tot = tot + (torch.exp(-diff.pow(2) / (2 * v)) * v.rsqrt()).sum()
+        tot = _KernelSum.apply(mu1, lv1.exp(), mu2, lv2.exp(), max(1, chunk // max(1, m * d)))
         return tot / (n * m) if reduce == "mean" else tot
 
-    mu_a, logvar_a, mu_b, logvar_b = (t.float() for t in (mu_a, logvar_a, mu_b, logvar_b))
+    mu_a, logvar_a, mu_b, logvar_b = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+                                      for t in (mu_a, logvar_a, mu_b, logvar_b))
     return s(mu_a, logvar_a, mu_a, logvar_a) + s(mu_b, logvar_b, mu_b, logvar_b) - 2 * s(mu_a, logvar_a, mu_b, logvar_b)
 
 
