@@ -280,3 +280,39 @@ def test_pictures_off_writes_no_pictures(tmp_path):
     files = {p.name for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert "snapshot.safetensors" in files
     assert not [f for f in files if f.endswith((".png", ".gif"))], files
+
+
+def test_lr_step_schedule_decays_at_milestones_and_survives_resume(tmp_path):
+    sched = dict(lr_decay_kimg=(0.128, 0.064), lr_decay=0.5)  # unsorted on purpose
+    a = make_trainer("aae", tmp_path / "a", **sched)
+    base = {(n, g["name"]): g["lr"] for n, o in a.optimizers.items() for g in o.param_groups}
+    a.run()
+    b = make_trainer("aae", tmp_path / "b", **sched)
+    b.run(stop_at_step=6)  # 0.096 kimg: past the first milestone only
+    for n, o in b.optimizers.items():
+        for g in o.param_groups:
+            assert g["lr"] == pytest.approx(base[(n, g["name"])] * 0.5)
+    b2 = make_trainer("aae", tmp_path / "b", **sched)
+    b2.run()
+    for n, o in b2.optimizers.items():
+        for g in o.param_groups:
+            assert g["lr"] == pytest.approx(base[(n, g["name"])] * 0.25)
+    sa, sb = a.method.state_dict(), b2.method.state_dict()
+    for k in sa:  # the schedule depends on kimg only, so an interrupted run follows the same path
+        assert torch.equal(sa[k], sb[k]), k
+    stats = [json.loads(s) for s in (tmp_path / "a" / "stats.jsonl").read_text().splitlines()]
+    assert [s["lr_scale"] for s in stats if "step" in s] == [1.0, 0.5, 0.25, 0.25]
+    # a run without the schedule differs
+    c = make_trainer("aae", tmp_path / "c")
+    c.run()
+    assert any(not torch.equal(v, c.method.state_dict()[k]) for k, v in sa.items())
+
+
+def test_lr_schedule_options_are_checked():
+    assert TrainConfig(lr_decay_kimg=5).lr_decay_kimg == (5.0,)
+    with pytest.raises(ConfigError, match="lr_decay_kimg"):
+        TrainConfig(lr_decay_kimg=(-1,))
+    with pytest.raises(ConfigError, match="lr_decay_kimg"):
+        TrainConfig(lr_decay_kimg=("soon",))
+    with pytest.raises(ConfigError, match="lr_decay"):
+        TrainConfig(lr_decay=0.0)

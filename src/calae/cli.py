@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=_positive_float("--epochs"), help="budget in passes over the data (converted to kimg)")
     t.add_argument("--batch-size", "--batch_size", dest="batch_size", type=_positive_int("--batch-size"),
                    help="images per optimisation step (per process)")
-    t.add_argument("--lr", type=_positive_float("--lr"), help="learning rate (shortcut for --set lr=...)")
+    t.add_argument("--lr", type=_positive_float("--lr"), help="learning rate (shortcut for --set lr=...); step decay: "
+                   "--set lr_decay_kimg=[A,B] multiplies it by lr_decay (default 0.1) at A and B kimg")
     t.add_argument("--preset", help="named preset (see `calae list`); flags and --set override it")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method or training config key (repeatable; model.KEY / train.KEY to disambiguate)")

@@ -398,12 +398,14 @@ class ASIntroVAE(SoftIntroVAE):
 
 # ---- presets ---------------------------------------------------------------------------------------
 # 2-D toys (official soft_intro_vae_2d): z 2, batch 512, MLP 3x256, lr 2e-4, 30k iterations
-# (= 15,360 kimg) with 2k plain-VAE iterations (= 1,024 kimg); β (kl, rec, neg) per toy.
+# (= 15,360 kimg) with 2k plain-VAE iterations (= 1,024 kimg) and lr x0.1 at 10k and 15k iterations (5,120 and
+# 7,680 kimg); β (kl, rec, neg) per toy.
 _TOY_BETAS = {"8gaussians": (0.3, 0.2, 0.9), "2spirals": (0.5, 0.2, 1.0), "checkerboard": (0.1, 0.2, 0.2),
               "rings": (0.2, 0.2, 1.0)}
 _TOY_MODEL = {"z_dim": 2, "arch": "mlp", "hidden": 256, "depth": 3, "lr": 2e-4, "gamma_r": 1e-8,
               "warmup_kimg": 1024.0, "gap_smooth_kimg": 51.2, "gap_warn_kimg": 512.0}  # gap windows: 100 / 1000 steps
-_TOY_TRAIN = {"batch_size": 512, "kimg": 15360.0, "log_every_kimg": 51.2, "snapshot_every_kimg": 1024.0}
+_TOY_TRAIN = {"batch_size": 512, "kimg": 15360.0, "log_every_kimg": 51.2, "snapshot_every_kimg": 1024.0,
+              "lr_decay_kimg": (5120.0, 7680.0), "lr_decay": 0.1}
 for _toy, (_kl, _rec, _neg) in _TOY_BETAS.items():
     _b = {"beta_kl": _kl, "beta_rec": _rec, "beta_neg": _neg}
     add_preset(f"soft-intro-vae-{_toy}", "soft_intro_vae",
