@@ -323,6 +323,25 @@ def test_toy_histograms_hand_computed():
     assert same["kl"] == 0.0 and same["jsd"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_on_support_counts_generated_points_in_occupied_bins():
+    from calae.metrics.toy import on_support
+
+    centre = lambda i: -2 + 0.04 * (i + 0.5)  # noqa: E731
+    real = np.array([[centre(50), centre(50)], [centre(3), centre(97)]])
+    fake = np.array([[centre(50), centre(50)]] * 3  # on support
+                    + [[centre(3) + 0.015, centre(97) - 0.015]]  # same bin, off centre
+                    + [[centre(51), centre(50)]] * 2  # the next bin: off
+                    + [[9.0, 9.0], [2.0, 2.0]])  # outside the square: off; the right edge: last bin, off
+    assert on_support(real, fake, (-2.0, 2.0)) == pytest.approx(4 / 8)
+    assert on_support(real, real, (-2.0, 2.0)) == 1.0
+    # the checkerboard: uniform points fall on the data's squares about half the time
+    from calae.data.toy2d import sample_toy
+    real = sample_toy("checkerboard", 50_000, seed=0)
+    unif = np.random.default_rng(1).uniform(-4, 4, size=(20_000, 2))
+    assert on_support(real, unif, (-4.0, 4.0)) == pytest.approx(0.5, abs=0.02)
+    assert on_support(real, sample_toy("checkerboard", 5000, seed=3), (-4.0, 4.0)) > 0.99
+
+
 def test_toy_ranges_follow_the_official_code():
     assert toy_range("toy:8gaussians") == 2.0 and toy_range("8Gaussians") == 2.0
     assert toy_range("2spirals") == toy_range("checkerboard") == toy_range("toy:rings") == 4.0
