@@ -116,6 +116,9 @@ def support_score(toy: str, fake: np.ndarray, seed: int) -> dict:
 
 def rescore(path: Path) -> None:
     """Add ``on_support`` to rows written before it existed, from the saved samples (2,000 each)."""
+    if not path.exists() or not path.with_suffix(".samples.npz").exists():
+        raise SystemExit(f"bench_toys --rescore: {path} or its .samples.npz is missing; pass a result file "
+                         "that bench_toys wrote")
     out = json.loads(path.read_text())
     seed = out.get("protocol", {}).get("seed", 0)
     with np.load(path.with_suffix(".samples.npz")) as f:
