@@ -56,9 +56,9 @@ def model_config(method: str, toy: str, iters: int) -> dict:
     return cfg
 
 
-def decay_milestones_kimg(iters: int, lr_decay: str) -> tuple[float, ...]:
-    """The paper's lr milestones (10k and 15k of 30k iterations), scaled to ``iters``, in kimg."""
-    return () if lr_decay == "none" else tuple(round(iters * f) * BATCH / 1000 for f in (1 / 3, 1 / 2))
+def decay_milestones(iters: int, lr_decay: str) -> tuple[int, ...]:
+    """The paper's lr milestones (iterations 10k and 15k of 30k), scaled to ``iters``."""
+    return () if lr_decay == "none" else tuple(round(iters * f) for f in (1 / 3, 1 / 2))
 
 
 def train(method: str, toy: str, iters: int, seed: int, tmp: Path, lr_decay: str = "none"):
@@ -67,7 +67,8 @@ def train(method: str, toy: str, iters: int, seed: int, tmp: Path, lr_decay: str
 
     cfg = TrainConfig(method=method, data=f"toy:{toy}", batch_size=BATCH, kimg=iters * BATCH / 1000, seed=seed,
                       precision="fp32", log_every_kimg=iters * BATCH / 1000 / 20, sample_every_kimg=0,
-                      snapshot_every_kimg=0, prefetch=2, lr_decay_kimg=decay_milestones_kimg(iters, lr_decay))
+                      snapshot_every_kimg=0, prefetch=2,
+                      lr_decay_kimg=tuple(i * BATCH / 1000 for i in decay_milestones(iters, lr_decay)))
     tr = Trainer(cfg, model_config(method, toy, iters), tmp / f"{method}-{toy}", progress=False, pictures=False)
     t0 = time.perf_counter()
     res = tr.run()
@@ -271,7 +272,7 @@ def main(argv=None) -> dict:
     load_all()
     toys = [t for t in a.toys.split(",") if t]
     methods = [m for m in a.methods.split(",") if m]
-    milestones = [round(k * 1000 / BATCH) for k in decay_milestones_kimg(a.iters, a.lr_decay)]
+    milestones = list(decay_milestones(a.iters, a.lr_decay))
     protocol = {"iters": a.iters, "batch_size": BATCH, "lr": 2e-4,
                 "lr_decay": {"factor": 0.1, "at_iters": milestones} if milestones else None,
                 "warmup_iters": round(a.iters / 15),
@@ -291,7 +292,8 @@ def main(argv=None) -> dict:
     done = {(r["toy"], r["method"]) for r in out["results"]}
     # Costliest first so parallel jobs finish together.
     order = {"as_intro_vae": 0, "soft_intro_vae": 1, "vae": 2}
-    tasks = sorted(((t, m, a.iters, a.seed, a.grid_pts, a.threads, a.lr_decay) for t in toys for m in methods if (t, m) not in done),
+    tasks = sorted(((t, m, a.iters, a.seed, a.grid_pts, a.threads, a.lr_decay)
+                    for t in toys for m in methods if (t, m) not in done),
                    key=lambda k: (order.get(k[1], 3), toys.index(k[0])))
 
     def collect(row, fake):
