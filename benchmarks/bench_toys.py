@@ -153,7 +153,7 @@ def iteration_costs(n: int = 10) -> dict:
                               n_data=256 if data == "fractals" else None)
             extra = {} if method == "vae" else {"beta_neg": 1.0 if data.startswith("toy") else 256.0}
             tr = Trainer(cfg, {**model, **extra}, None, progress=False)
-            b = tr._to_model(tr.dataset.get(torch.arange(batch)))
+            b = tr.batch(batch)
             late = StepContext(0, 1e9, 2e9)  # after any warm-up
             phases = [p for p in tr.phases if p.active is None or p.active(late)]
             for i in range(n + 2):

@@ -51,7 +51,7 @@ def step_flops(trainer, items: int = 4) -> float:
     from calae.methods.base import StepContext
 
     items = min(items, trainer.cfg.batch_size)
-    batch = trainer._to_model(trainer.dataset.get(torch.arange(items)))
+    batch = trainer.batch(items)
     saved = {k: v.detach().clone() for k, v in trainer.method.state_dict().items()}
     with _FlopCount() as fc:
         for ph in trainer.phases:

@@ -28,7 +28,7 @@ def make(tmp_path=None, kimg=0.128, batch=16, data="digits", **model):
 
 
 def batch_of(tr, n=16):
-    return tr._to_model(tr.dataset.get(torch.arange(n)))
+    return tr.batch(n)
 
 
 def test_phases_in_the_papers_order_with_their_networks(tmp_path):
@@ -110,7 +110,7 @@ def test_variants_isolate_gradients(variant):
     for ph in tr.phases:
         params = [p for n in ph.nets for p in m.nets[n].parameters()]
         torch.manual_seed(3)
-        tr._set_trainable(ph.nets)
+        tr.set_trainable(ph.nets)
         out = ph.loss(m, b, CTX)
         assert all(torch.isfinite(v) for v in out.values()), (ph.name, out)
         expected = torch.autograd.grad(out["loss"], params, allow_unused=True)
@@ -188,7 +188,7 @@ def test_aae_learns_digits(tmp_path, prior, opts):
     cfg = TrainConfig(method="aae", data="digits", resolution=16, kimg=14, batch_size=64, precision="fp32",
                       log_every_kimg=5, sample_every_kimg=100, snapshot_every_kimg=100)
     tr = Trainer(cfg, model, tmp_path / prior, progress=False)
-    b = tr._to_model(tr.dataset.get(torch.arange(800)))
+    b = tr.batch(800)
     zp = tr.method.prior(800, torch.Generator().manual_seed(1))
     ed0, mse0, codes0 = _measure(tr.method, b.x, b.y, zp)
     tr.run()

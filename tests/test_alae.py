@@ -269,7 +269,7 @@ def test_mlp_alae_learns_digits(tmp_path):
              "ema_kimg": 1.0}
     tr = Trainer(cfg, model, tmp_path / "r", progress=False)
     batch = tr.dataset.get(torch.arange(len(tr.dataset)))
-    x = tr._to_model(batch).x
+    x = tr.prepare(batch).x
     with torch.no_grad():
         start = (tr.method.reconstruct(x) - x).pow(2).mean().item()
     tr.run()

@@ -52,12 +52,12 @@ def test_phases_finite_and_isolated(method):
     for spec in tr.optimizers.values():  # lr 0: the step keeps weights, gradients stay for inspection
         for g in spec.param_groups:
             g["lr"] = 0.0
-    batch = tr._to_model(tr.dataset.get(torch.arange(16)))
+    batch = tr.batch(16)
     ctx = StepContext(0, 0.0, 1.0)
     for ph in tr.phases:
         params = [p for n in ph.nets for p in m.nets[n].parameters()]
         torch.manual_seed(123)
-        tr._set_trainable(ph.nets)
+        tr.set_trainable(ph.nets)
         out = ph.loss(m, batch, ctx)
         assert all(torch.isfinite(v).all() for v in out.values()), (ph.name, out)
         expected = torch.autograd.grad(out["loss"], params, allow_unused=True)
@@ -80,7 +80,7 @@ def test_phases_finite_and_isolated(method):
 def test_step_changes_only_phase_networks(method):
     tr = make_trainer(method)
     m = tr.method
-    batch = tr._to_model(tr.dataset.get(torch.arange(16)))
+    batch = tr.batch(16)
     for ph in tr.phases:
         before = {n: [p.detach().clone() for p in net.parameters()] for n, net in m.nets.items()}
         assert tr.run_phase(ph, batch, StepContext(0, 0.0, 1.0)) is not None
@@ -96,7 +96,7 @@ def test_snapshot_round_trip(method, tmp_path):
     m = load_snapshot(tmp_path / "run")
     assert not m.training
     tr.method.eval()
-    x = tr._to_model(tr.dataset.get(torch.arange(4))).x
+    x = tr.batch(4).x
     with torch.no_grad():
         assert torch.equal(m.encode(x), tr.method.encode(x))
         assert torch.equal(m.sample(4, seed=3), tr.method.sample(4, seed=3))
@@ -195,7 +195,7 @@ def test_vae_learns_digits(tmp_path):
                           log_every_kimg=1, sample_every_kimg=100, snapshot_every_kimg=100)
         tr = Trainer(cfg, {"z_dim": 16, "base_channels": 16, "max_channels": 32, "lr": 2e-3}, tmp_path / prec,
                      progress=False)
-        x = tr._to_model(tr.dataset.get(torch.arange(256))).x
+        x = tr.batch(256).x
         with torch.no_grad():
             start = (tr.method.reconstruct(x) - x).pow(2).mean().item()
         tr.run()
@@ -256,7 +256,7 @@ def test_conv_vae_learns_colour_on_fractals(tmp_path):
                       precision="fp32", log_every_kimg=2, sample_every_kimg=100, snapshot_every_kimg=100)
     tr = Trainer(cfg, {"z_dim": 32, "base_channels": 16, "max_channels": 64, "lr": 1e-3, "beta_kl": 0.1}, tmp_path,
                  progress=False)
-    x = tr._to_model(tr.dataset.get(torch.arange(256))).x
+    x = tr.batch(256).x
 
     def chroma(t):  # spread of colour around each pixel's grey level
         return (t - t.mean(1, keepdim=True)).std().item()

@@ -164,11 +164,34 @@ def test_decoder_phase_reuses_the_encoder_draws():
             DataInfo(kind="image", resolution=16, channels=1))
     torch.manual_seed(1)
     batch = Batch(torch.rand(6, 1, 16, 16) * 2 - 1)
-    enc = soft_intro_encoder_loss(m, batch, StepContext(7, 1.0, 2.0))
-    dec = soft_intro_decoder_loss(m, batch, StepContext(7, 1.0, 2.0))
+    ctx = StepContext(7, 1.0, 2.0)
+    enc = soft_intro_encoder_loss(m, batch, ctx)
+    assert set(ctx.cache) == {"draws"} and not hasattr(m, "_draws")  # shared through the step, not the method
+    dec = soft_intro_decoder_loss(m, batch, ctx)
     assert torch.equal(enc["rec"], dec["rec"]) and torch.equal(enc["kl_real"], dec["kl_real"])
-    other = soft_intro_decoder_loss(m, batch, StepContext(8, 1.1, 2.0))
+    other = soft_intro_decoder_loss(m, batch, StepContext(8, 1.1, 2.0))  # a new step: fresh draws
     assert not torch.equal(other["rec"], enc["rec"])
+
+
+def test_losses_change_no_state_and_on_step_end_feeds_the_schedule():
+    """The decoder loss only logs the KL gap; the β_neg schedule learns it in on_step_end, once per
+    step, and not at all when the decoder phase was skipped."""
+    cls = METHODS["soft_intro_vae"]
+    m = cls(from_dict(cls.Config, {"z_dim": 8, "base_channels": 8, "max_channels": 16}),
+            DataInfo(kind="image", resolution=16, channels=1))
+    batch = Batch(torch.rand(4, 1, 16, 16) * 2 - 1)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    ctx = StepContext(0, 0.0, 2.0)
+    soft_intro_encoder_loss(m, batch, ctx)
+    dec = soft_intro_decoder_loss(m, batch, ctx)
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # the losses wrote nothing
+    sched = m.beta_neg_schedule
+    assert int(sched.last_step) == -1
+    m.on_step_end(ctx)  # nothing logged: the decoder phase did not run through the loop
+    assert int(sched.last_step) == -1
+    ctx.logged.update({"decoder/kl_gap": float(dec["kl_gap"]), "decoder/kl_real": float(dec["kl_real"])})
+    m.on_step_end(ctx)
+    assert int(sched.last_step) == 0 and float(sched.gap_ema) == pytest.approx(float(dec["kl_gap"]))
 
 
 # ---- the AS distance -----------------------------------------------------------------------------------
@@ -301,7 +324,9 @@ def test_negative_gap_in_training_warns(no_noise):
         for step in range(6):  # 1 kimg settling window, then 1 kimg negative
             ctx = StepContext(step, 0.5 * step, 10.0)
             soft_intro_encoder_loss(m, batch, ctx)
-            soft_intro_decoder_loss(m, batch, ctx)
+            dec = soft_intro_decoder_loss(m, batch, ctx)
+            ctx.logged.update({f"decoder/{k}": float(v) for k, v in dec.items()})  # as the loop logs it
+            m.on_step_end(ctx)
 
 
 def test_config_errors_name_the_option():
@@ -404,7 +429,7 @@ def test_learns_digits(kind, tmp_path, one_thread):
     if kind == "as_intro_vae":
         model["ema_kimg"] = 0.3
     tr = Trainer(cfg, model, tmp_path / kind, progress=False)
-    x = tr._to_model(tr.dataset.get(torch.arange(256))).x
+    x = tr.batch(256).x
     with torch.no_grad():
         start = (tr.method.reconstruct(x) - x).pow(2).mean().item()
     with warnings.catch_warnings():

@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--directory", help="seed 002 spelling of --data mnist:DIRECTORY")
     t.add_argument("--gen_lr", type=_positive_float("--gen_lr"), help="aae: learning rate of E and G (--set gen_lr=)")
     t.add_argument("--dis_lr", type=_positive_float("--dis_lr"), help="aae: learning rate of D (--set dis_lr=)")
+    t.add_argument("--init-from", metavar="RUN",
+                   help="start from the networks of another run (folder or snapshot .safetensors), e.g. a VAE's E,G "
+                        "before a GAN; shapes are checked; recorded in config.json and not re-applied on resume")
+    t.add_argument("--init-nets", metavar="E,G",
+                   help="which networks --init-from copies (default: every network both runs have)")
     t.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and a parameter table, run one step of each phase, exit")
     t.add_argument("--force", action="store_true",
@@ -196,6 +201,10 @@ def cmd_train(a) -> int:
         tr["data"] = f"mnist:{a.directory}"
     if a.download:
         tr["download"] = True
+    if a.init_from is not None:
+        tr["init_from"] = a.init_from
+    if a.init_nets is not None:
+        tr["init_nets"] = a.init_nets
     if a.lr is not None:
         model["lr"] = a.lr
     for key in ("gen_lr", "dis_lr"):

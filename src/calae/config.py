@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .registry import PRESETS
+from .registry import PRESETS, TINY
 
 
 class ConfigError(ValueError):
@@ -68,6 +68,8 @@ class TrainConfig:
     max_bad_steps: int = 20  # consecutive non-finite steps before the run stops
     prefetch: int = 4  # batches prepared ahead by the data thread
     threads: int = 0  # torch CPU threads; 0: torch's default (one per core)
+    init_from: str = ""  # a run folder or snapshot whose networks start this run (not re-applied on resume)
+    init_nets: tuple[str, ...] = ()  # which networks init_from copies; empty: every network both runs have
 
     def __post_init__(self):
         check_range("--kimg", self.kimg, 0, lo_open=True)
@@ -93,6 +95,10 @@ class TrainConfig:
               f"got {self.lr_decay_kimg!r}")
         self.lr_decay_kimg = tuple(sorted(float(m) for m in self.lr_decay_kimg))
         check_range("lr_decay", self.lr_decay, 0, 1, lo_open=True)
+        if isinstance(self.init_nets, str):
+            self.init_nets = tuple(n.strip() for n in self.init_nets.split(",") if n.strip())
+        self.init_nets = tuple(self.init_nets)
+        check(not self.init_nets or bool(self.init_from), "--init-nets needs --init-from RUN")
 
 
 def to_dict(obj) -> dict:
@@ -148,6 +154,18 @@ def preset(name: str) -> dict:
     return PRESETS[name]
 
 
+def add_tiny(method: str, model: dict, train: dict | None = None) -> None:
+    """The smallest networks of a method, declared next to its presets: what the contract tests and
+    benchmarks' smoke runs build (a method without one fails the contract tests)."""
+    TINY[method] = {"model": dict(model), "train": dict(train or {})}
+
+
+def tiny(method: str) -> dict:
+    """``{"model": ..., "train": ...}`` overrides that make ``method`` tiny (see ``add_tiny``)."""
+    check(method in TINY, f"method {method!r} declares no tiny test config (add_tiny next to its presets)")
+    return {"model": dict(TINY[method]["model"]), "train": dict(TINY[method]["train"])}
+
+
 def add_preset(name: str, method: str, doc: str, train: dict | None = None, model: dict | None = None):
     """One row per preset: method, a one-line description, training and model overrides."""
     PRESETS[name] = {"method": method, "doc": doc, "train": dict(train or {}), "model": dict(model or {})}
@@ -167,4 +185,4 @@ class MethodConfig:
 
 
 __all__ = ["TrainConfig", "MethodConfig", "ConfigError", "check", "check_choice", "check_range",
-           "to_dict", "from_dict", "apply_overrides", "preset", "add_preset", "parse_value", "field"]
+           "to_dict", "from_dict", "apply_overrides", "preset", "add_preset", "add_tiny", "tiny", "parse_value", "field"]

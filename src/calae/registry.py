@@ -14,6 +14,7 @@ DATASETS: Dict[str, Callable] = {}
 PRIORS: Dict[str, Callable] = {}
 METRICS: Dict[str, Callable] = {}
 PRESETS: Dict[str, dict] = {}
+TINY: Dict[str, dict] = {}  # method -> the smallest config the contract tests build (config.add_tiny)
 
 _MODULES = (
     "calae.data",

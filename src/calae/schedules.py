@@ -2,17 +2,19 @@
 
 β_neg weighs the KL of generated images inside the encoder's exp(−2s·ELBO) term (methods.md §5).
 The encoder pushes KL(E(fake)) up only while that term has gradient: the gradient of
-exp(−2s·β_neg·KL) with respect to KL peaks at KL = 1/(2s·β_neg) and vanishes well above it, so the
-KL the encoder sustains on fakes scales like 1/β_neg. Hence the rule of the official code and of
+exp(−2s·β_neg·KL) with respect to KL is −2s·β_neg·exp(−2s·β_neg·KL), largest in magnitude at KL = 0
+and decaying on the scale KL ~ 1/(2s·β_neg), so the KL the encoder sustains on fakes scales like
+1/β_neg. Hence the rule of the official code and of
 methods.md: when KL(fake) − KL(real) turns negative (the encoder no longer tells fakes from data),
 *lower* β_neg; a large β_neg is the stable setting (seed 003: "256 is more stable but slower"),
 a small one the sharp-but-fragile one.
 
 A schedule is an ``nn.Module`` held by the method, so its state (buffers) is part of the method's
 ``state_dict``: snapshots and training states carry it and resume is exact. The method consults
-``value(ctx)`` in its encoder phase and reports each step's gap with ``observe`` in its decoder
-phase; ``observe`` acts once per optimisation step (it ignores repeated calls for the same step),
-so calling a loss twice for the same step (tests, dry runs) changes nothing.
+``value(ctx)`` in its encoder phase; the decoder phase logs each step's gap and the method's
+``on_step_end`` reports it with ``observe``, which acts once per optimisation step (it ignores
+repeated calls for the same step). Losses change no state, so calling one twice (tests, dry runs)
+changes nothing.
 
 Schedules (``make_beta_neg_schedule``):
 - ``constant``: β_neg.

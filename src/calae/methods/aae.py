@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, MethodConfig, add_preset, check, check_choice, check_range
+from ..config import ConfigError, MethodConfig, add_preset, add_tiny, check, check_choice, check_range
 from ..data.base import Batch, DataInfo
 from ..losses import nonsat_logistic, recon_loss, reparameterize
 from ..nets import MLP
@@ -327,3 +327,6 @@ add_preset("aae-fractals", "aae", "AAE on 32 px fractals, N(0, I) prior, convolu
            train={"data": "fractals", "resolution": 32, "batch_size": 32, "kimg": 100},
            model={"z_dim": 64, "arch": "conv", "base_channels": 32, "max_channels": 128, "norm": "group",
                   "recon": "mse", "lr": 2e-4, "prior": "gaussian"})
+
+# The contract tests' tiny config (calae.config.add_tiny).
+add_tiny("aae", {"z_dim": 4, "arch": "mlp", "hidden": 32, "depth": 1, "d_hidden": 32, "d_depth": 1})

@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, MethodConfig, add_preset, check, check_choice, check_range
+from ..config import ConfigError, MethodConfig, add_preset, add_tiny, check, check_choice, check_range
 from ..data.base import Batch, DataInfo
 from ..losses import nonsat_logistic, r1_penalty
 from ..nets.layers import EqMLP, downsample2x, upsample2x
@@ -238,9 +238,9 @@ class ALAE(Method):
         """(level, alpha) of the progressive-growing schedule after ctx.kimg thousand images."""
         return self.growth.at(ctx.kimg)
 
-    def note_progress(self, ctx: StepContext) -> None:
-        with torch.no_grad():
-            self.trained_kimg.fill_(max(float(self.trained_kimg), float(ctx.kimg)))
+    def on_step_end(self, ctx: StepContext) -> None:
+        """Inference uses the growth level training has reached: remember this step's kimg."""
+        self.trained_kimg.fill_(max(float(self.trained_kimg), float(ctx.kimg)))
 
     def draw_z(self, n: int) -> torch.Tensor:
         """z ~ N(0, I) from torch's global CPU RNG (saved in training states: exact resume). [n, z_dim]"""
@@ -337,7 +337,6 @@ class ALAE(Method):
 def disc_phase(m: ALAE, batch: Batch, ctx: StepContext) -> dict:
     """Phase 1, E and D: softplus(D(E(G(F(z))))) + softplus(−D(E(x))) + γ/2·E‖∇_x D(E(x))‖²."""
     lod, alpha = m.level(ctx)
-    m.note_progress(ctx)
     gamma = m.cfg.r1_gamma
     # detach: the batch is data, nothing upstream to train; a fresh leaf so that R1 can take the
     # gradient of D(E(x)) with respect to the pixels (not to any parameter)
@@ -402,3 +401,9 @@ add_preset("style-64", "alae", "StyleALAE on 64 px fractals, growing 4 -> 64 px 
                   "sample_every_kimg": 4, "snapshot_every_kimg": 8, "log_every_kimg": 1},
            model={**_STYLE, "z_dim": 128, "base_channels": 16, "max_channels": 128, "growth_kimg": 8,
                   "lr": 0.003, "ema_kimg": 2.0})
+
+# The contract tests' tiny config: style arch with progressive growing; on 16 px digits the levels are
+# 4, 8, 16 px and growth_kimg 0.064 puts the engine's resume point (step 5 of batch 16 = 0.08 kimg) in
+# the middle of the 8 px fade-in.
+add_tiny("alae", {"arch": "style", "z_dim": 8, "base_channels": 4, "max_channels": 8, "mapping_layers": 2,
+                "d_layers": 2, "growth_kimg": 0.064, "ema_kimg": 0.05})

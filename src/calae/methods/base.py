@@ -9,8 +9,8 @@ nothing else.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -21,11 +21,27 @@ from ..data.base import Batch, DataInfo
 
 @dataclass
 class StepContext:
-    """What a loss may know about where training is."""
+    """What a loss may know about where training is, and what the phases of one step share.
+
+    The loop makes one context per optimisation step and hands the same object to every phase of
+    that step, then to ``Method.on_step_end``. Losses never keep state on the method between
+    phases: what a method's paper shares between its phases (the same z, ε or fakes) goes in
+    ``cache`` (``ctx.shared(key, make)``), and what a schedule or gate must learn from a step is
+    read from ``logged`` in ``on_step_end``, where state changes belong.
+    """
 
     step: int  # optimisation steps done so far (this one excluded)
     kimg: float  # thousands of images seen so far
     total_kimg: float
+    cache: dict[str, Any] = field(default_factory=dict)  # shared by the phases of this step only
+    logged: dict[str, float] = field(default_factory=dict)  # "phase/key" -> value, phases run so far
+    skipped: tuple[str, ...] = ()  # phases of this step whose update was skipped (non-finite)
+
+    def shared(self, key: str, make: Callable[[], Any]) -> Any:
+        """``cache[key]``, made by ``make()`` the first time a phase of this step asks for it."""
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
 
 
 LossFn = Callable[["Method", Batch, StepContext], dict]
@@ -45,6 +61,13 @@ class Phase:
     loss: LossFn
     every: int = 1
     active: Callable[[StepContext], bool] | None = None
+    # "auto": the run's precision (bf16 autocast where chosen); "fp32": autocast off for this
+    # phase's forward, for losses that bf16 would break (finite differences, tiny variances)
+    precision: str = "auto"
+
+    def __post_init__(self):
+        if self.precision not in ("auto", "fp32"):
+            raise ValueError(f"Phase {self.name}: precision must be auto or fp32; got {self.precision!r}")
 
 
 @dataclass
@@ -52,7 +75,6 @@ class OptimizerSpec:
     nets: tuple[str, ...]
     lr: float
     betas: tuple[float, float] = (0.9, 0.999)
-    lr_mult: dict | None = None  # per-net learning-rate multipliers
 
 
 class Method(nn.Module):
@@ -73,6 +95,17 @@ class Method(nn.Module):
 
     def phases(self) -> list[Phase]:
         raise NotImplementedError
+
+    def on_step_end(self, ctx: StepContext) -> None:
+        """Called by the loop after every phase of a step ran (``ctx.logged`` holds their values,
+        ``ctx.skipped`` the phases whose update was skipped). Schedules and gates update here and
+        keep their state in buffers, so checkpoints carry it and resume is exact."""
+
+    def optimizer_epoch(self, kimg: float) -> int:
+        """A key of the training stage at ``kimg``: when it changes between two steps, the loop
+        resets every optimizer's state (ALAE's growth levels, as the official code). Default: one
+        stage."""
+        return 0
 
     def ema_halflife_kimg(self) -> float:
         return getattr(self.cfg, "ema_kimg", 0.0)

@@ -21,13 +21,13 @@ fakes (``as_distance``, μ and log σ² squashed by tanh) and c = min(1, tanh(5�
 from the distance to the KL; samples use an EMA of G.
 
 Decisions (methods.md "decide" items and defects of the official code not copied):
-- Same z and noise in both phases: the encoder phase stashes its draws (the detached z sample of
-  x, the prior noise, the augmented real batch, KL(real)) on the method, keyed by (step, batch);
-  the decoder phase of the same step reads them (the stash is kept until the next encoder phase
-  overwrites it, so calling the decoder loss twice for one step sees the same draws). Phases run in order within a step and a resume
-  starts at a step boundary, so the stash never needs checkpointing. A decoder phase run without a
-  matching stash (e.g. called alone) draws fresh ones under no_grad. This reproduces the official
-  computation exactly (its decoder reuses the z computed before E's update).
+- Same z and noise in both phases: the encoder phase puts its draws (the detached z sample of x,
+  the prior noise, the augmented real batch, KL(real)) in the step's shared cache
+  (``ctx.cache["draws"]``) and the decoder phase of the same step reads them; nothing is kept on
+  the method, and a resume starts at a step boundary, so the draws never need checkpointing. A
+  decoder phase run without its encoder phase (a new context) draws fresh ones under no_grad.
+  This reproduces the official computation exactly (its decoder reuses the z computed before E's
+  update).
 - The adversarial targets t are detached everywhere (the paper's formulation, methods.md "both
   detached"); the official encoder step leaves ``rec`` attached as the target of its re-reconstruction,
   which lets the exp term's gradient reach E through the real encoding.
@@ -44,11 +44,13 @@ Decisions (methods.md "decide" items and defects of the official code not copied
   0.6928·b kimg (22.2 kimg at the official batch 32, 4.16 kimg at seed 003's batch 6); the loop
   takes half-lives in kimg (``ema_kimg``), see ``ema_kimg_for``.
 - β_neg comes from a schedule object (``calae.schedules``) held by the method (state in buffers,
-  so resume is exact). The encoder phase reads it; the decoder phase reports the step's
-  KL(fake) − KL(real) to it, which also drives the once-only negative-gap warning. The official
+  so resume is exact). The encoder phase reads it; the decoder phase logs the step's
+  KL(fake) − KL(real) and ``on_step_end`` reports it to the schedule (the losses change no state),
+  which also drives the once-only negative-gap warning. The official
   CLI default β_neg = 1.0 (README: 256) and its ignored --gamma_r are not copied.
 - One E and one G forward serve rec and fake together (concatenated along the batch): the same
-  arithmetic as two calls without BatchNorm (our default); with ``norm=True`` batch statistics mix.
+  arithmetic as two calls without BatchNorm (GroupNorm is the default); with ``norm=batch`` batch
+  statistics mix.
 - Optional plain-VAE warm-up (``warmup_kimg``), gated by the Phase ``active`` schedule: two phases
   (E, then G, one fresh forward each) on the s-scaled VAE loss, stepping the same two optimizers
   as the introspective phases, as the official code keeps one optimizer per network throughout
@@ -69,7 +71,7 @@ from dataclasses import dataclass
 import torch
 
 from ..augment import DiffAugment, parse_policy
-from ..config import ConfigError, add_preset, check, check_choice, check_range
+from ..config import ConfigError, add_preset, add_tiny, check, check_choice, check_range
 from ..data.base import Batch, DataInfo
 from ..losses import kl_normal, recon_loss, reparameterize
 from ..registry import METHODS, register
@@ -221,9 +223,8 @@ def anneal_coefficient(kimg: float, start_kimg: float, span_kimg: float) -> floa
 
 @dataclass
 class _Draws:
-    """What the encoder phase drew, for the decoder phase of the same step."""
+    """What the encoder phase drew, for the decoder phase of the same step (``ctx.cache``)."""
 
-    key: tuple
     x: torch.Tensor  # [N, ...] the (augmented) real batch: reconstruction target
     z: torch.Tensor  # [N, z] sample of q(z|x), detached
     noise: torch.Tensor  # [N, z] prior sample for the fakes
@@ -243,7 +244,6 @@ class SoftIntroVAE(VAEBase):
         self.scale = 1.0 / info.numel  # s = 1/(C·H·W); 2-D points: 1/2
         self.augment = DiffAugment(cfg.augment, cfg.augment_p)
         self.beta_neg_schedule = make_beta_neg_schedule(cfg, self.name)
-        self._draws: _Draws | None = None
         if cfg.ema_kimg > 0:
             self.make_ema(("G",))
 
@@ -279,8 +279,12 @@ class SoftIntroVAE(VAEBase):
         sq_mu, sq_lv = torch.tanh(mu), torch.tanh(logvar)
         return as_distance(sq_mu[:n], sq_lv[:n], sq_mu[n:], sq_lv[n:], reduce=self.cfg.as_reduce)
 
-    def draw_key(self, batch: Batch, ctx: StepContext) -> tuple:
-        return (ctx.step, id(batch.x), tuple(batch.x.shape))
+    def on_step_end(self, ctx: StepContext) -> None:
+        """The β_neg schedule learns the step's KL(fake) − KL(real) (when the decoder phase ran and
+        was not skipped; a skipped step teaches nothing)."""
+        gap, kl_real = ctx.logged.get("decoder/kl_gap"), ctx.logged.get("decoder/kl_real")
+        if gap is not None and kl_real is not None:
+            self.beta_neg_schedule.observe(gap, kl_real, ctx)
 
 
 def soft_intro_warmup_loss(m: SoftIntroVAE, batch: Batch, ctx: StepContext) -> dict:
@@ -332,7 +336,7 @@ def soft_intro_encoder_loss(m: SoftIntroVAE, batch: Batch, ctx: StepContext) -> 
     loss = s * (cfg.beta_rec * rec_err + cfg.beta_kl * kl_real) + 0.25 * (exp_rec + exp_fake)
     # detach: the decoder phase reuses this sample as a constant (blocks gradient into E there; this
     # phase's graph is freed by then anyway).
-    m._draws = _Draws(m.draw_key(batch, ctx), x.detach(), z.detach(), noise, kl_real.detach())
+    ctx.cache["draws"] = _Draws(x.detach(), z.detach(), noise, kl_real.detach())
     out = {"loss": loss, "rec": rec_err, "kl_real": kl_real, "kl_rec": kl_t[:n].mean(), "kl_fake": kl_t[n:].mean(),
            "exp_elbo_rec": exp_rec, "exp_elbo_fake": exp_fake, "beta_neg": torch.tensor(beta_neg), **out}
     return out
@@ -341,9 +345,7 @@ def soft_intro_encoder_loss(m: SoftIntroVAE, batch: Batch, ctx: StepContext) -> 
 def soft_intro_decoder_loss(m: SoftIntroVAE, batch: Batch, ctx: StepContext) -> dict:
     """L_G of Soft-IntroVAE (methods.md §5; AS-IntroVAE §6), with the encoder phase's z and noise."""
     cfg, s, G = m.cfg, m.scale, m.nets["G"]
-    d = m._draws
-    if d is None or d.key != m.draw_key(batch, ctx):
-        d = _fresh_draws(m, batch, ctx)
+    d = ctx.shared("draws", lambda: _fresh_draws(m, batch))
     n = d.x.shape[0]
     rec_logits = G(d.z)
     rec_err = recon_loss(rec_logits, d.x, cfg.recon)
@@ -369,18 +371,17 @@ def soft_intro_decoder_loss(m: SoftIntroVAE, batch: Batch, ctx: StepContext) -> 
         rr_rec, rr_fake = rr_err[:n].mean(), rr_err[n:].mean()
         loss = loss + 0.5 * cfg.gamma_r * cfg.beta_rec * (rr_rec + rr_fake)
         out.update(rec_rec=rr_rec.detach(), rec_fake=rr_fake.detach())  # detach: logged only
-    gap = kl_fake.detach() - d.kl_real  # detach: a monitored number (logged, fed to the β_neg schedule)
-    m.beta_neg_schedule.observe(float(gap), float(d.kl_real), ctx)
+    gap = kl_fake.detach() - d.kl_real  # detach: a monitored number (logged; on_step_end feeds the β_neg schedule)
     return {"loss": s * loss, "rec": rec_err, "kl_rec": kl_rec, "kl_fake": kl_fake, "kl_real": d.kl_real,
             "kl_gap": gap, **out}
 
 
 @torch.no_grad()
-def _fresh_draws(m: SoftIntroVAE, batch: Batch, ctx: StepContext) -> _Draws:
+def _fresh_draws(m: SoftIntroVAE, batch: Batch) -> _Draws:
     """Draws for a decoder phase run without its encoder phase (same distribution, new samples)."""
     x = m.augment(batch.x)
     mu, logvar = m.posterior(x)
-    return _Draws(m.draw_key(batch, ctx), x, reparameterize(mu, logvar), torch.randn_like(mu), kl_normal(mu, logvar))
+    return _Draws(x, reparameterize(mu, logvar), torch.randn_like(mu), kl_normal(mu, logvar))
 
 
 @register(METHODS, "as_intro_vae")
@@ -452,3 +453,11 @@ add_preset("fantasy-256", "as_intro_vae", "AS-IntroVAE on a folder of 256 px ima
                   "base_channels": 32, "max_channels": 512, "beta_neg_schedule": "adaptive",
                   "beta_neg_range": (4.0, 256.0), "augment": "translation,color",
                   "ema_kimg": round(ema_kimg_for(0.999, 6), 2)})
+
+# The contract tests' tiny configs (calae.config.add_tiny): every schedule and option path runs.
+add_tiny("soft_intro_vae", {"z_dim": 8, "base_channels": 8, "max_channels": 16, "hidden": 32, "depth": 2,
+                            "beta_neg": 64.0, "gamma_r": 1e-3, "warmup_kimg": 0.064, "beta_neg_schedule": "adaptive",
+                            "beta_neg_range": [4.0, 256.0], "augment": "translation,color,cutout"})
+add_tiny("as_intro_vae", {"z_dim": 8, "base_channels": 8, "max_channels": 16, "hidden": 32, "depth": 2,
+                          "beta_neg": 64.0, "ema_kimg": 0.05, "beta_neg_schedule": "piecewise",
+                          "beta_neg_points": [[0, 64.0], [0.128, 16.0]]})

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import MethodConfig, add_preset, check_choice, check_range
+from ..config import MethodConfig, add_preset, add_tiny, check_choice, check_range
 from ..data.base import Batch, DataInfo
 from ..losses import kl_normal, recon_loss, reparameterize
 from ..nets import MLP, ConvDecoder, ConvEncoder
@@ -143,3 +143,6 @@ add_preset("vae-toy", "vae", "VAE on a 2-D toy (MLP 3x256, z 2)",
            train={"data": "toy:8gaussians", "batch_size": 512, "kimg": 2000},
            model={"z_dim": 2, "arch": "mlp", "hidden": 256, "depth": 3, "beta_kl": 0.3, "beta_rec": 0.2,
                   "lr": 2e-4})
+
+# The contract tests' tiny config (calae.config.add_tiny).
+add_tiny("vae", {"z_dim": 8, "base_channels": 8, "max_channels": 16, "hidden": 32, "depth": 2})

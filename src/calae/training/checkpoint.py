@@ -110,7 +110,11 @@ def load_snapshot(path: str | os.PathLike, device: str | torch.device = "cpu"):
 
 
 # ---- training state ------------------------------------------------------------------------
-def save_state(path: str | os.PathLike, method, optimizers: dict, counters: dict) -> None:
+def save_state(path: str | os.PathLike, method, optimizers: dict, counters: dict,
+               rng: list[torch.Tensor] | None = None) -> None:
+    """``rng``: every data-parallel rank's RNG state (``distributed.gather_rng_states``), rank r's
+    stored as ``rng.rank{r}``, so each rank resumes its own random stream; None (one process): this
+    process's CPU and CUDA states, as ``rng.cpu`` / ``rng.cuda``."""
     tensors = {f"model.{k}": v for k, v in method.state_dict().items()}
     opt_meta = {}
     for name, opt in optimizers.items():
@@ -122,11 +126,17 @@ def save_state(path: str | os.PathLike, method, optimizers: dict, counters: dict
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    for r, st in enumerate(rng or ()):
+        tensors[f"rng.rank{r}"] = st
     meta = {"counters": json.dumps(counters), "optimizers": json.dumps(opt_meta), "format": "calae-state-1"}
     _atomic_save(tensors, Path(path), meta)
 
 
-def load_state(path: str | os.PathLike, method, optimizers: dict) -> dict:
+def load_state(path: str | os.PathLike, method, optimizers: dict, rank: int | None = None) -> dict:
+    """Restore a training state; each data-parallel rank (``rank``, default this process's) takes
+    its own RNG state back when the file has one per rank."""
+    from .distributed import set_rng_state, world
+
     tensors, meta = _read(Path(path))
     if meta.get("format") != "calae-state-1":
         raise CheckpointError(f"{path}: not a calae training state")
@@ -141,7 +151,62 @@ def load_state(path: str | os.PathLike, method, optimizers: dict) -> dict:
                 pid, key = k[len(prefix):].split(".", 1)
                 state.setdefault(int(pid), {})[key] = v
         opt.load_state_dict({"state": state, "param_groups": opt_meta[name]})
-    torch.set_rng_state(tensors["rng.cpu"])
-    if "rng.cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    rank = world()[0] if rank is None else rank
+    if f"rng.rank{rank}" in tensors:
+        set_rng_state(tensors[f"rng.rank{rank}"])
+    else:  # a single-process state (or one written before states were kept per rank)
+        torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
     return json.loads(meta["counters"])
+
+
+# ---- starting a run from another run's networks -----------------------------------------------
+def copy_networks(source: str | os.PathLike, method, names: tuple[str, ...] = ()) -> str:
+    """Copy the named networks (default: every network both have) from a snapshot or run folder
+    into ``method``; their EMA copies start from the source's EMA copy when it has one, else from
+    the copied weights. Shapes are checked first, so a mismatch changes nothing. Returns a line
+    saying what was copied."""
+    from ..config import ConfigError
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "snapshot.safetensors"
+    tensors, meta = _read(path)
+    if "calae" not in meta:
+        raise CheckpointError(f"--init-from {source}: not a calae snapshot (no calae metadata)")
+    head = json.loads(meta["calae"])
+    have = sorted({k.split(".")[1] for k in tensors if k.startswith("nets.")})
+    names = tuple(names) or tuple(n for n in method.nets if n in have)
+    if not names:
+        raise ConfigError(f"--init-from {source}: it has networks {', '.join(have)} and this {method.name} run "
+                          f"has {', '.join(method.nets)}: none in common; name them with --init-nets")
+    for n in names:
+        if n not in method.nets or n not in have:
+            where = "this run" if n not in method.nets else str(source)
+            raise ConfigError(f"--init-nets {n}: {where} has no network {n} (source: {', '.join(have)}; "
+                              f"this run: {', '.join(method.nets)})")
+    plan = []
+    for n in names:
+        dest = method.nets[n].state_dict()
+        src = {k[len(f"nets.{n}."):]: v for k, v in tensors.items() if k.startswith(f"nets.{n}.")}
+        for k, v in dest.items():
+            if k not in src:
+                raise ConfigError(f"--init-from {source}: network {n} has no tensor {k} there: the two runs' "
+                                  f"{n} architectures differ; use the same network options or leave {n} out of "
+                                  "--init-nets")
+            if tuple(src[k].shape) != tuple(v.shape):
+                raise ConfigError(f"--init-from {source}: network {n} tensor {k} has shape {list(src[k].shape)} "
+                                  f"there but {list(v.shape)} here; use the same network options (z_dim, "
+                                  f"channels, ...) or leave {n} out of --init-nets")
+        ema = {k[len(f"ema.{n}."):]: v for k, v in tensors.items() if k.startswith(f"ema.{n}.")}
+        plan.append((n, src, ema))
+    with torch.no_grad():
+        for n, src, ema in plan:
+            method.nets[n].load_state_dict({k: src[k] for k in method.nets[n].state_dict()})
+            if n in method.ema:
+                ok = ema and all(k in ema and ema[k].shape == v.shape for k, v in method.ema[n].state_dict().items())
+                method.ema[n].load_state_dict({k: (ema if ok else src)[k] for k in method.ema[n].state_dict()})
+    kimg = head.get("kimg")
+    at = f" at {kimg:.1f} kimg" if isinstance(kimg, (int, float)) else ""
+    return f"initialised {', '.join(names)} from {source} ({head.get('method')}{at})"

@@ -23,6 +23,7 @@ from .. import explore
 from ..config import ConfigError, TrainConfig, from_dict, to_dict
 from ..data import open_dataset
 from ..data.base import Batch, DataInfo, to_model_range
+from ..methods.base import Phase, StepContext
 from ..registry import METHODS, load_all
 from ..viz.grid import save_gif, save_image
 from . import distributed as dist
@@ -74,13 +75,15 @@ def lr_scale(kimg: float, milestones: tuple[float, ...], decay: float) -> float:
 def build_optimizers(method, specs) -> dict[str, torch.optim.Optimizer]:
     opts = {}
     for name, spec in specs.items():
-        groups = []
-        for n in spec.nets:
-            mult = (spec.lr_mult or {}).get(n, 1.0)
-            groups.append({"params": list(method.nets[n].parameters()), "lr": spec.lr * mult, "base_lr": spec.lr * mult,
-                           "name": n})
+        groups = [{"params": list(method.nets[n].parameters()), "lr": spec.lr, "base_lr": spec.lr, "name": n}
+                  for n in spec.nets]
         opts[name] = torch.optim.Adam(groups, lr=spec.lr, betas=spec.betas)
     return opts
+
+
+def reset_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """Forget Adam's moments and step counts (a new training stage starts from fresh statistics)."""
+    opt.state.clear()
 
 
 class Trainer:
@@ -116,6 +119,7 @@ class Trainer:
         if self.method.conv and self.device.type in ("cpu", "cuda"):
             self.method.to(memory_format=torch.channels_last)
         dist.broadcast_module(self.method)
+        dist.seed_rank(train.seed)  # same weights, a different random stream per rank (world > 1)
         self.optimizers = build_optimizers(self.method, self.method.optimizers())
         self.phases = self.method.phases()
         self.total_kimg = train.kimg
@@ -125,7 +129,7 @@ class Trainer:
         self.total_steps = max(1, math.ceil(self.total_kimg * 1000 / self.images_per_step))
         self.resolved = {
             "method": train.method,
-            "train": to_dict(train),
+            "train": json.loads(json.dumps(to_dict(train))),  # JSON types: compares equal to config.json
             "model": json.loads(json.dumps(to_dict(self.model_cfg))),
             "info": to_dict(self.dataset.info),
             "precision": "bf16" if self.amp is not None else "fp32",
@@ -164,37 +168,65 @@ class Trainer:
         dist.barrier()
         return False
 
+    def _init_from(self) -> str:
+        """Start from another run's networks (``init_from``); a fresh run only, never on resume."""
+        from .checkpoint import copy_networks
+
+        return copy_networks(self.cfg.init_from, self.method, self.cfg.init_nets)
+
     def _resume(self) -> None:
         self.counters = load_state(self.out / "state.safetensors", self.method, self.optimizers)
         self.log(f"resuming {self.out} at {self.counters['kimg']:.2f} kimg (step {self.counters['step']})")
 
     def _checkpoint(self) -> None:
+        rng = dist.gather_rng_states()  # every rank calls it: each resumes its own random stream
         if not self.main:
             return
-        save_state(self.out / "state.safetensors", self.method, self.optimizers, self.counters)
+        save_state(self.out / "state.safetensors", self.method, self.optimizers, self.counters, rng)
         save_snapshot(self.method, self.out / "snapshot.safetensors", self.resolved["train"],
                       {"kimg": self.counters["kimg"], "step": self.counters["step"]})
 
     # ---- mechanics -----------------------------------------------------------------------------
-    def _to_model(self, b: Batch) -> Batch:
+    def prepare(self, b: Batch) -> Batch:
+        """A batch of dataset items (uint8 or points) -> the model's range and layout on the device."""
         b = b.to(self.device)
         x = to_model_range(b.x, self.method.value_range)
         if self.method.conv and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x, b.y, b.params)
 
-    def _set_trainable(self, names: tuple[str, ...]) -> None:
+    def batch(self, n: int | None = None, start: int = 0) -> Batch:
+        """Items start .. start+n of the dataset, prepared (tests, benchmarks, dry runs)."""
+        n = self.cfg.batch_size if n is None else n
+        idx = torch.arange(start, min(start + n, len(self.dataset)))
+        return self.prepare(self.dataset.get(idx))
+
+    def context(self, step: int | None = None) -> StepContext:
+        """The StepContext of optimisation step ``step`` (default: the next one)."""
+        step = self.counters["step"] if step is None else step
+        return StepContext(step, step * self.images_per_step / 1000.0, self.total_kimg)
+
+    def set_trainable(self, names: tuple[str, ...]) -> None:
+        """requires_grad on exactly the named networks (the phase's), off on every other."""
         for n, net in self.method.nets.items():
             net.requires_grad_(n in names)
 
-    def run_phase(self, phase, batch: Batch, ctx) -> dict[str, float] | None:
-        """One update of one phase. Returns the logged values, or None when the step was skipped."""
+    def phase_loss(self, phase: Phase, batch: Batch, ctx: StepContext) -> dict:
+        """The phase's loss dict from one fresh forward, under the precision the phase declares,
+        with only its networks trainable (no backward, no step)."""
+        self.set_trainable(phase.nets)
+        amp = None if phase.precision == "fp32" else self.amp
+        with torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            return phase.loss(self.method, batch, ctx)
+
+    def run_phase(self, phase: Phase, batch: Batch, ctx: StepContext) -> dict[str, float] | None:
+        """One update of one phase. Returns the logged values (also added to ``ctx.logged``), or
+        None when the update was skipped (non-finite loss or gradient on any rank)."""
         opt = self.optimizers[phase.optimizer]
-        self._set_trainable(phase.nets)
+        self.set_trainable(phase.nets)
         opt.zero_grad(set_to_none=True)
         params = [p for n in phase.nets for p in self.method.nets[n].parameters()]
-        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
-            out = phase.loss(self.method, batch, ctx)
+        out = self.phase_loss(phase, batch, ctx)
         loss = out["loss"]
         bad = torch.tensor(0.0 if bool(torch.isfinite(loss)) else 1.0, device=self.device)
         if bad.item() == 0.0:
@@ -203,9 +235,39 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf"))
         if float(bad) > 0 or not bool(torch.isfinite(norm)):
             opt.zero_grad(set_to_none=True)
+            ctx.skipped = ctx.skipped + (phase.name,)
             return None
         opt.step()
-        return {f"{phase.name}/{k}": float(v.detach()) for k, v in out.items()}
+        res = {f"{phase.name}/{k}": float(v.detach()) for k, v in out.items()}
+        ctx.logged.update(res)
+        return res
+
+    def due(self, phase: Phase, ctx: StepContext) -> bool:
+        """Whether ``phase`` runs at this step (its ``every`` and its ``active`` gate)."""
+        return not (ctx.step % phase.every or (phase.active is not None and not phase.active(ctx)))
+
+    def train_step(self, batch: Batch, ctx: StepContext | None = None) -> StepContext:
+        """Every due phase of one optimisation step on ``batch``, then the method's ``on_step_end``.
+        Does not advance the counters or update EMA copies (``run`` does). Returns the context,
+        whose ``logged`` and ``skipped`` say what happened."""
+        ctx = ctx or self.context()
+        for ph in self.phases:
+            if self.due(ph, ctx):
+                self.run_phase(ph, batch, ctx)
+        with torch.no_grad():
+            self.method.on_step_end(ctx)
+        return ctx
+
+    def _reset_optimizers_at_new_stage(self, kimg: float) -> None:
+        """Reset every optimizer's state when the method's training stage changes (its
+        ``optimizer_epoch``); a pure function of kimg, so a resumed run resets where the
+        uninterrupted one did."""
+        e = self.method.optimizer_epoch(kimg)
+        if self._stage is not None and e != self._stage:
+            for opt in self.optimizers.values():
+                reset_optimizer_state(opt)
+            self.log(f"new training stage {e} at {kimg:.2f} kimg: optimizer state reset")
+        self._stage = e
 
     def _apply_lr_schedule(self, kimg: float) -> float:
         """Set every group's lr to its base lr times the step schedule's scale at ``kimg``
@@ -277,11 +339,10 @@ class Trainer:
         """Print the config and a parameter table, run one step of each phase, write nothing."""
         self.log(json.dumps(self.resolved, indent=2))
         self.log(parameter_table(self.method))
-        idx = torch.arange(min(self.cfg.batch_size, len(self.dataset)))
-        batch = self._to_model(self.dataset.get(idx))
-        from ..methods.base import StepContext
-
-        ctx = StepContext(0, 0.0, self.total_kimg)
+        if self.cfg.init_from:
+            self.log(self._init_from())
+        batch = self.batch()
+        ctx = self.context(0)
         res = {}
         for ph in self.phases:
             r = self.run_phase(ph, batch, ctx)
@@ -294,11 +355,14 @@ class Trainer:
     def run(self, stop_at_step: int | None = None, time_limit_s: float | None = None) -> dict:
         """Train to the budget (or stop early at a step / after a training-time limit, with a
         checkpoint, as benchmarks and tests do). Returns counts and timings."""
-        from ..methods.base import StepContext
-
+        # init_from before the folder is touched: a bad source or a shape mismatch writes nothing
+        init_msg = (self._init_from() if self.cfg.init_from and (self.force or not (self.out / "state.safetensors").exists())
+                    else None)
         resumed = self._prepare_folder()
         if resumed:
-            self._resume()
+            self._resume()  # the resumed state holds the initialised-then-trained weights
+        elif init_msg:
+            self.log(init_msg)
         self.stats = StatsWriter(self.out, self.counters["kimg"] if resumed else None) if self.main else None
         self._fixed_real = (explore.load_real(self.method, self.dataset, 16, self.cfg.seed).x
                             if self.dataset.info.kind == "image" else None)
@@ -323,6 +387,9 @@ class Trainer:
         bad_streak, t_last, img_last, wait_last = 0, time.perf_counter(), c["kimg"], 0.0
         if c["step"] == 0 and self.main:
             self._pictures()
+        # the stage of the step before this one: a resumed run resets optimizers where the
+        # uninterrupted run did (at the first step of a new stage), not again at the resume point
+        self._stage = self.method.optimizer_epoch(self.context(c["step"] - 1).kimg) if c["step"] > 0 else None
         try:
             while c["step"] < self.total_steps:
                 if stop_at_step is not None and c["step"] >= stop_at_step:
@@ -331,20 +398,15 @@ class Trainer:
                     stop_at_step = c["step"]
                     break
                 t0 = time.perf_counter()
-                batch = self._to_model(stream.next())
-                ctx = StepContext(c["step"], c["kimg"], self.total_kimg)
+                batch = self.prepare(stream.next())
+                ctx = self.context()
                 scale = self._apply_lr_schedule(c["kimg"])
-                step_ok = True
-                for ph in self.phases:
-                    if c["step"] % ph.every or (ph.active is not None and not ph.active(ctx)):
-                        continue
-                    r = self.run_phase(ph, batch, ctx)
-                    if r is None:
-                        step_ok = False
-                        continue
-                    for k, v in r.items():
-                        acc[k] = acc.get(k, 0.0) + v
-                        acc_n[k] = acc_n.get(k, 0) + 1
+                self._reset_optimizers_at_new_stage(c["kimg"])
+                self.train_step(batch, ctx)
+                for k, v in ctx.logged.items():
+                    acc[k] = acc.get(k, 0.0) + v
+                    acc_n[k] = acc_n.get(k, 0) + 1
+                step_ok = not ctx.skipped
                 if step_ok:
                     bad_streak = 0
                 else:
@@ -355,6 +417,7 @@ class Trainer:
                             f"training diverged: {bad_streak} consecutive steps with non-finite losses or "
                             f"gradients at {c['kimg']:.2f} kimg; the last good checkpoint in {self.out} is "
                             "intact; lower the learning rate (--set lr=...) or use --precision fp32")
+                dist.sync_buffers(self.method.nets)  # BatchNorm statistics agree before EMA copies them
                 self._update_ema()
                 c["step"] += 1
                 c["kimg"] = c["step"] * self.images_per_step / 1000.0
@@ -398,9 +461,9 @@ class Trainer:
             stream.close()
             if bar is not None:
                 bar.close()
+        if stop_at_step is not None and c["step"] < self.total_steps:
+            self._checkpoint()  # on every rank: it gathers their RNG states
         if self.main:
-            if stop_at_step is not None and c["step"] < self.total_steps:
-                self._checkpoint()
             self._finish_pictures()
             self.stats.close()
         dist.check_in_sync(self.method)
