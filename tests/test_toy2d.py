@@ -83,3 +83,35 @@ def test_unknown_toy():
     with pytest.raises(DataError, match="unknown toy set"):
         ToyDataset("moons")
     assert ToyDataset("8Gaussians", n=10).name == "8gaussians"
+
+
+def _mlp_layers(net):
+    return [m for m in net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.ReLU, torch.nn.LeakyReLU))]
+
+
+@pytest.mark.parametrize("preset", ["vae-toy", "soft-intro-vae-8gaussians", "as-intro-vae-rings"])
+def test_toy_nets_are_the_official_2d_nets(preset):
+    """Official soft_intro_vae_2d SoftIntroVAESimple(n_layers=3, num_hidden=256): an input Linear + ReLU,
+    3 hidden Linear(256, 256) + ReLU, a linear output (2·z for E, 2 for G)."""
+    from calae.registry import METHODS, PRESETS, load_all
+
+    load_all()
+    p = PRESETS[preset]
+    cls = METHODS[p["method"]]
+    m = cls(cls.Config(**p["model"]), ToyDataset("8gaussians", n=64).info)
+    for name, d_in, d_out in (("E", 2, 4), ("G", 2, 2)):
+        layers = _mlp_layers(m.nets[name])
+        kinds = [type(x).__name__ for x in layers]
+        assert kinds == ["Linear", "ReLU"] * 4 + ["Linear"], (name, kinds)
+        lin = [x for x in layers if isinstance(x, torch.nn.Linear)]
+        assert [(x.in_features, x.out_features) for x in lin] == \
+            [(d_in, 256)] + [(256, 256)] * 3 + [(256, d_out)]
+    assert p["train"]["batch_size"] == 512
+
+
+def test_bench_toys_uses_the_official_2d_nets():
+    from benchmarks.bench_toys import model_config
+
+    for method in ("vae", "soft_intro_vae", "as_intro_vae"):
+        cfg = model_config(method, "rings", 300)
+        assert (cfg["hidden"], cfg["depth"], cfg["act"]) == (256, 4, "relu")

@@ -13,7 +13,8 @@ network and steps one optimizer):
    L_E = s·(β_rec·L_r(x, G(E(x))) + β_kl·KL(E(x))) + ¼·Σ_t mean_b exp(−2s·ELBO_t).
 2. ``decoder`` (G learns, E frozen), with the *same* z ~ q(z|x) sample and prior noise:
    L_G = s·[β_rec·L_r(x, G(z)) + ½β_kl·(KL(E(rec)) + KL(E(fake))) + ½γ_r·β_rec·(L_r(rec, G(E(rec))) +
-   L_r(fake, G(E(fake))))]; the γ_r passes are skipped when γ_r < GAMMA_R_SKIP (default 1e-8).
+   L_r(fake, G(E(fake))))]; the γ_r passes are skipped when γ_r < GAMMA_R_SKIP = 1e-6 (the default
+   γ_r = 1e-8 skips them).
 
 AS-IntroVAE replaces KL in the adversarial terms (both phases) by c·KL + (1−c)·dist, where dist is
 the batch-level adversarial similarity distance between the posteriors of reconstructions and of
@@ -399,13 +400,15 @@ class ASIntroVAE(SoftIntroVAE):
 
 
 # ---- presets ---------------------------------------------------------------------------------------
-# 2-D toys (official soft_intro_vae_2d): z 2, batch 512, MLP 3x256, lr 2e-4, 30k iterations
-# (= 15,360 kimg) with 2k plain-VAE iterations (= 1,024 kimg) and lr x0.1 at 10k and 15k iterations (5,120 and
+# 2-D toys (official soft_intro_vae_2d): z 2, batch 512, lr 2e-4, the official SoftIntroVAESimple(n_layers=3,
+# num_hidden=256) nets (an input layer plus 3 hidden layers: 4 x Linear 256 + ReLU, then a linear output),
+# 30k iterations (= 15,360 kimg) with 2k plain-VAE iterations (= 1,024 kimg) and lr x0.1 at 10k and 15k iterations (5,120 and
 # 7,680 kimg); β (kl, rec, neg) per toy.
 _TOY_BETAS = {"8gaussians": (0.3, 0.2, 0.9), "2spirals": (0.5, 0.2, 1.0), "checkerboard": (0.1, 0.2, 0.2),
               "rings": (0.2, 0.2, 1.0)}
-_TOY_MODEL = {"z_dim": 2, "arch": "mlp", "hidden": 256, "depth": 3, "lr": 2e-4, "gamma_r": 1e-8,
-              "warmup_kimg": 1024.0, "gap_smooth_kimg": 51.2, "gap_warn_kimg": 512.0}  # gap windows: 100 / 1000 steps
+_TOY_MODEL = {"z_dim": 2, "arch": "mlp", "hidden": 256, "depth": 4, "act": "relu", "lr": 2e-4,
+              "gamma_r": 1e-8, "warmup_kimg": 1024.0, "gap_smooth_kimg": 51.2, "gap_warn_kimg": 512.0}
+# (gap windows: 100 / 1000 steps)
 _TOY_TRAIN = {"batch_size": 512, "kimg": 15360.0, "log_every_kimg": 51.2, "snapshot_every_kimg": 1024.0,
               "lr_decay_kimg": (5120.0, 7680.0), "lr_decay": 0.1}
 for _toy, (_kl, _rec, _neg) in _TOY_BETAS.items():

@@ -29,7 +29,8 @@ class VAEConfig(MethodConfig):
     base_channels: int = 32
     max_channels: int = 256
     hidden: int = 256  # mlp width
-    depth: int = 3  # mlp hidden layers
+    depth: int = 3  # mlp hidden layers (Linear + activation each, then a linear output layer)
+    act: str = "lrelu"  # mlp hidden activation: lrelu (slope 0.2) | relu (official Soft-IntroVAE 2-D nets)
     # Residual-block normalisation: group (per image: training and inference agree at any batch
     # size; with lr 2e-4 it is what lets the colour VAE learn chroma on fractals, see nets.conv),
     # batch (the official Soft-IntroVAE's; train/eval differ at small batches) or none.
@@ -42,6 +43,7 @@ class VAEConfig(MethodConfig):
         check_range("beta_kl", self.beta_kl, 0)
         check_choice("recon", self.recon, ("mse", "bce"))
         check_choice("arch", self.arch, ("auto", "conv", "mlp"))
+        check_choice("act", self.act, ("lrelu", "relu"))
         check_range("base_channels", self.base_channels, 1, 1024)
         self.norm = check_norm(self.norm)
 
@@ -57,8 +59,8 @@ def build_encoder_decoder(cfg, info: DataInfo, enc_out: int):
         E = ConvEncoder(info.channels, info.resolution, enc_out, cfg.base_channels, cfg.max_channels, cfg.norm)
         G = ConvDecoder(info.channels, info.resolution, cfg.z_dim, cfg.base_channels, cfg.max_channels, cfg.norm)
     else:
-        E = MLP(info.numel, enc_out, cfg.hidden, cfg.depth)
-        G = _Unflatten(MLP(cfg.z_dim, info.numel, cfg.hidden, cfg.depth), info.shape)
+        E = MLP(info.numel, enc_out, cfg.hidden, cfg.depth, cfg.act)
+        G = _Unflatten(MLP(cfg.z_dim, info.numel, cfg.hidden, cfg.depth, cfg.act), info.shape)
     return E, G, arch
 
 
@@ -139,10 +141,10 @@ add_preset("vae-digits", "vae", "VAE on scikit-learn digits at 16 px",
 add_preset("vae-mnist", "vae", "VAE on MNIST IDX files (use --data mnist:DIR)",
            train={"data": "mnist:data/mnist", "resolution": 28, "batch_size": 128, "kimg": 600},
            model={"z_dim": 32, "base_channels": 32, "lr": 1e-3})
-add_preset("vae-toy", "vae", "VAE on a 2-D toy (MLP 3x256, z 2)",
+add_preset("vae-toy", "vae", "VAE on a 2-D toy (official 2-D net: MLP 4x256 ReLU, z 2)",
            train={"data": "toy:8gaussians", "batch_size": 512, "kimg": 2000},
-           model={"z_dim": 2, "arch": "mlp", "hidden": 256, "depth": 3, "beta_kl": 0.3, "beta_rec": 0.2,
-                  "lr": 2e-4})
+           model={"z_dim": 2, "arch": "mlp", "hidden": 256, "depth": 4, "act": "relu", "beta_kl": 0.3,
+                  "beta_rec": 0.2, "lr": 2e-4})
 
 # The contract tests' tiny config (calae.config.add_tiny).
 add_tiny("vae", {"z_dim": 8, "base_channels": 8, "max_channels": 16, "hidden": 32, "depth": 2})
