@@ -8,6 +8,7 @@ which is the same arithmetic DDP performs (sum / world size), bucketed into a si
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -58,7 +59,8 @@ def allreduce_grads(params: list[torch.Tensor], bad: torch.Tensor) -> torch.Tens
     _, n = world()
     if n == 1:
         return bad
-    dtype = next((p.grad.dtype for p in params if p.grad is not None), torch.float32)
+    # from the parameters, not the gradients: a rank that skipped backward has none to ask
+    dtype = functools.reduce(torch.promote_types, (p.dtype for p in params), torch.float32)
     had = torch.tensor([p.grad is not None for p in params], dtype=dtype, device=bad.device)
     for p in params:
         if p.grad is None:
