@@ -504,3 +504,61 @@ def test_feature_classifier_is_shared_by_datasets_with_the_same_data(monkeypatch
     x, y = labelled_images(120, seed=2)
     evaluate(model, TensorDataset(x, y, info=model_ds.info), ["fd_classifier"], **kw)
     assert len(fits) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# ALAE's probe protocol: train codes against a separate test set
+
+
+def test_official_probes_hand_cases():
+    from calae.metrics.probe import nn1_accuracy, svm_accuracy
+
+    xtr, ytr = torch.tensor([[0.0], [10.0]]), [0, 1]
+    xte = torch.tensor([[1.0], [9.0], [4.0], [6.0]])
+    assert nn1_accuracy(xtr, ytr, xte, [0, 1, 0, 1]) == 1.0
+    assert nn1_accuracy(xtr, ytr, xte, [1, 0, 1, 0]) == 0.0  # scored on the test labels, not the training ones
+    assert nn1_accuracy(xtr, ytr, xte, [0, 0, 0, 0]) == 0.5  # predictions 0, 1, 0, 1
+    assert nn1_accuracy(xtr, ytr, torch.tensor([[5.0]]), [0]) == 1.0  # a tie goes to the first training code
+    # 1-D, separable: a linear SVM puts the threshold between the groups
+    x1, y1 = torch.tensor([[-2.0], [-1.0], [1.0], [2.0]]), [0, 0, 1, 1]
+    xt = torch.tensor([[-3.0], [3.0], [-0.5], [0.5]])
+    assert svm_accuracy(x1, y1, xt, [0, 1, 0, 1]) == 1.0
+    assert svm_accuracy(x1, y1, xt, [1, 0, 1, 0]) == 0.0
+    # three classes in 2-D, one-vs-rest
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 6.0], [6.0, 0.0], [-6.0, -6.0]])
+    ytr3, yte3 = torch.arange(3).repeat(20), torch.arange(3).repeat(10)
+    ctr = centres[ytr3] + 0.5 * torch.randn(60, 2, generator=g)
+    cte = centres[yte3] + 0.5 * torch.randn(30, 2, generator=g)
+    assert svm_accuracy(ctr, ytr3, cte, yte3) == 1.0 and nn1_accuracy(ctr, ytr3, cte, yte3) == 1.0
+    with pytest.raises(ValueError, match="width"):
+        nn1_accuracy(ctr, ytr3, cte[:, :1], yte3)
+
+
+def test_probe_svm_and_1nn_split_use_the_separate_test_set(tmp_path):
+    from calae.data.mnist import write_idx
+
+    ds = image_dataset(labelled=True)
+    xt, yt = labelled_images(120, seed=5)
+    test = TensorDataset(xt, yt, info=ds.info)
+    model = FakeImageModel(ds.info, ds.x)
+    r = evaluate(model, ds, ["probe_svm", "probe_1nn_split"], probe_test=test)
+    assert r["probe_svm/n_train"] == 300 and r["probe_svm/n_test"] == 120 and r["probe_1nn_split/n_test"] == 120
+    assert r["probe_svm/acc"] > 0.8 and r["probe_1nn_split/acc"] > 0.95  # C = 0.02 on raw codes: 0.9 here
+    # the same images with every test label shifted: if the metric scored anything but this test set's
+    # labels it would stay high
+    wrong = TensorDataset(xt, (yt + 1) % 10, info=ds.info)
+    r = evaluate(model, ds, ["probe_svm", "probe_1nn_split"], probe_test=wrong)
+    assert r["probe_svm/acc"] < 0.1 and r["probe_1nn_split/acc"] < 0.1
+    # a data spec: mnist:DIR opens DIR's t10k files (40 items) while the training codes are the dataset's
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", xt[:40, 0].numpy())
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", yt[:40].numpy().astype(np.uint8))
+    r = evaluate(model, ds, ["probe_1nn_split"], probe_test=f"mnist:{tmp_path}")
+    assert r["probe_1nn_split/n_test"] == 40 and r["probe_1nn_split/acc"] > 0.9
+    # without a test set: a seeded quarter of the sample is held out, disjoint from the training codes
+    r = evaluate(model, ds, ["probe_svm"], n=200)
+    assert (r["probe_svm/n_train"], r["probe_svm/n_test"]) == (150, 50)
+    other = TensorDataset(xt[:, :, :8, :8].contiguous(), yt,
+                          info=DataInfo(kind="image", resolution=8, channels=1, num_classes=10))
+    with pytest.raises(MetricError, match="probe_test"):
+        evaluate(model, ds, ["probe_svm"], probe_test=other)

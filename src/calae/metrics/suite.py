@@ -35,7 +35,7 @@ from .base import (MetricError, encode_all, eval_mode, gather, model_device, rea
 from .features import ClassifierFeatures, RandConvFeatures
 from .frechet import frechet_distance
 from .prdc import precision_recall
-from .probe import knn_accuracy, linear_probe
+from .probe import knn_accuracy, linear_probe, nn1_accuracy, split_indices, svm_accuracy
 from .recon import mse, psnr, ssim
 from .swd import swd
 from .toy import grid_normalized_elbo, hist_kl_jsd, toy_range
@@ -53,6 +53,8 @@ OPTIONS = {
     "k": "neighbourhood size of precision/recall, default 3",
     "toy_range": "half-width r of the toy square [-r, r]^2 (default: the official one per toy set)",
     "grid_pts": "grid points per axis of toy_elbo, default 1024",
+    "probe_test": "test set of probe_svm / probe_1nn_split: a Dataset or a data spec (mnist:DIR opens DIR's "
+                  "t10k files); default: a seeded quarter of the n items, disjoint from the training codes",
 }
 
 
@@ -305,6 +307,62 @@ def probe_linear(ctx: Context) -> dict[str, float]:
 def probe_1nn(ctx: Context) -> dict[str, float]:
     """Held-out 1-nearest-neighbour accuracy on the codes E(x) (25 % held out)."""
     return {"acc": knn_accuracy(ctx.codes(), ctx.labels(), k=1, seed=ctx.seed)}
+
+
+def _test_set(ctx: Context) -> Dataset | None:
+    test = ctx.opts.get("probe_test")
+    if test is None:
+        return None
+    if isinstance(test, (str, os.PathLike)):
+        from ..data import open_dataset, parse_spec
+
+        kind, _ = parse_spec(str(test))
+        extra = {"split": "test"} if kind == "mnist" else {}
+        res = None if ctx.info.kind != "image" else ctx.info.resolution
+        ch = None if ctx.info.kind != "image" else ctx.info.channels
+        test = open_dataset(str(test), resolution=res, channels=ch, **extra)
+    if test.info.shape != ctx.info.shape:
+        shape = lambda s: "x".join(map(str, s))  # noqa: E731
+        raise MetricError(f"probe_test gives {shape(test.info.shape)} items; the dataset has {shape(ctx.info.shape)}")
+    return test
+
+
+def official_probe_codes(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train codes, train labels, test codes, test labels) of ALAE's protocol: n seeded training
+    items of the dataset against up to n seeded items of the separate test set (option
+    ``probe_test``); without one, a seeded 25 % of the n items is held out (disjoint, but drawn
+    from the same sample)."""
+    def make():
+        test = _test_set(ctx)
+        if test is None:
+            codes, y = ctx.codes(), ctx.labels()
+            tr, te = split_indices(codes.shape[0], 0.25, ctx.seed)
+            return codes[tr], y[tr], codes[te], y[te]
+        x_te, y_te = gather(test, real_indices(len(test), ctx.n_real, ctx.seed + 1), ctx.batch_size)
+        if y_te is None:
+            raise MetricError("probe_test's batches carry no labels")
+        c_te = encode_all(ctx.model, x_te, ctx.value_range, ctx.batch_size, ctx.device)
+        return ctx.codes(), ctx.labels(), c_te, y_te
+
+    key = ("official_probe", ctx.n_real, ctx.seed, ctx.batch_size, id(ctx.opts.get("probe_test")),
+           str(ctx.opts.get("probe_test")))
+    return ctx._cached(key, make)
+
+
+@metric("probe_svm", kinds=("image", "points"), labels=True, default_n=10_000)
+def probe_svm(ctx: Context) -> dict[str, float]:
+    """ALAE's MNIST protocol: a linear SVM (LinearSVC, C = 0.02, raw codes) fitted on the codes E(x)
+    of n training items, accuracy on the codes of a separate test set (option probe_test)."""
+    xtr, ytr, xte, yte = official_probe_codes(ctx)
+    return {"acc": svm_accuracy(xtr, ytr, xte, yte), "n_train": xtr.shape[0], "n_test": xte.shape[0]}
+
+
+@metric("probe_1nn_split", kinds=("image", "points"), labels=True, default_n=10_000)
+def probe_1nn_split(ctx: Context) -> dict[str, float]:
+    """ALAE's MNIST protocol: 1-NN (Euclidean) of the test set's codes among the codes of n training
+    items, accuracy on the separate test set (option probe_test)."""
+    xtr, ytr, xte, yte = official_probe_codes(ctx)
+    return {"acc": nn1_accuracy(xtr, ytr, xte, yte), "n_train": xtr.shape[0], "n_test": xte.shape[0]}
 
 
 @metric("recon", kinds=("image", "points"))
