@@ -280,3 +280,99 @@ def test_mlp_alae_learns_digits(tmp_path):
     assert end < 0.3 * start, (start, end)
     assert linear_probe(w, batch.y) > 0.85
     assert knn_accuracy(w, batch.y, k=1) > 0.85
+
+
+# ---- the official MNIST networks (branch mnist_ref) -----------------------------------------------------
+MNIST28 = DataInfo(kind="image", resolution=28, channels=1, num_classes=10, name="mnist")
+
+
+def _preset_model(name: str, **over):
+    from calae.config import from_dict
+    from calae.registry import PRESETS, load_all
+
+    load_all()
+    torch.manual_seed(0)
+    return ALAE(from_dict(ALAEConfig, {**PRESETS[name]["model"], **over}), MNIST28)
+
+
+def test_mnist_mlp_preset_builds_the_official_networks():
+    """mnist-mlp is mnist_ref's GeneratorFC / EncoderFC / linear D with F the identity: E = 784 →
+    1024 → 1024 → 50 with LeakyReLU 0.2 inside and LeakyReLU 0.01 on w; G = 50 → 1024 → 1024 → 784
+    with LeakyReLU 0.01 inside and a linear output whose He gain is √2; D three linear layers."""
+    m = _preset_model("mnist-mlp", hidden=32)  # narrower hidden layers, same structure
+    E, G, D, Fm = (m.nets[k] for k in "EGDF")
+    assert m.arch == "mlp" and m.w_dim == 50 and m.value_range == "unit"
+    # F is the identity and has nothing to learn (official MappingFromLatent ignores its layers)
+    z = torch.randn(5, 50)
+    assert not any(True for _ in Fm.parameters()) and torch.equal(Fm(z), z)
+    assert "F" not in m.phases()[1].nets and "F" not in m.ema
+    # E by hand: two LeakyReLU 0.2 layers, then LeakyReLU 0.01 on the 50-D code
+    x = torch.rand(6, 1, 28, 28)
+    l1, l2, l3 = E.net.layers
+    h = F.leaky_relu(l2(F.leaky_relu(l1(x.flatten(1)), 0.2)), 0.2)
+    w = E(x)
+    assert torch.allclose(w, F.leaky_relu(l3(h), 0.01), atol=1e-6)
+    assert (w < 0).any()  # negative codes survive, shrunk 100x (not a ReLU)
+    assert l3.gain == pytest.approx(math.sqrt(2.0))
+    # G by hand: two LeakyReLU 0.01 layers, a linear output layer with gain √2
+    g1, g2, g3 = G.net.layers
+    hg = F.leaky_relu(g2(F.leaky_relu(g1(w), 0.01)), 0.01)
+    assert torch.allclose(G(w), g3(hg).view(6, 1, 28, 28), atol=1e-6)
+    assert g3.gain == pytest.approx(math.sqrt(2.0)) and g3.coef == pytest.approx(math.sqrt(2.0) / math.sqrt(32))
+    assert G(w).min() < 0  # linear output: no squashing
+    # D is linear (affine) in w, three layers of lrmul 0.1
+    assert len(D.layers) == 3 and all(layer.lrmul == pytest.approx(0.1) for layer in D.layers)
+    a, b = torch.randn(4, 50), torch.randn(4, 50)
+    assert torch.allclose(D(0.3 * a + 0.7 * b), 0.3 * D(a) + 0.7 * D(b), atol=1e-5)
+    cfg = m.cfg
+    assert (cfg.lr, tuple(cfg.betas), cfg.r1_gamma, cfg.ema_kimg) == (0.002, (0.0, 0.99), 10.0, 10.0)
+
+
+def test_mlp_activation_and_gain_options_default_to_the_earlier_networks():
+    """The defaults keep the earlier MLP (linear E output, slope 0.2 in G, G's output gain 1)."""
+    m = make(**TINY_MLP)
+    E, G = m.nets["E"], m.nets["G"]
+    x = torch.rand(3, 1, 8, 8)
+    l1, l2 = E.net.layers
+    assert torch.allclose(E(x), l2(F.leaky_relu(l1(x.flatten(1)), 0.2)), atol=1e-6)
+    w = torch.randn(3, 6)
+    g1, g2 = G.net.layers
+    assert g2.gain == 1.0 and torch.allclose(G(w).flatten(1), g2(F.leaky_relu(g1(w), 0.2)), atol=1e-6)
+    m = make(**TINY_MLP, e_out_slope=0.5, g_slope=0.1, g_out_gain=3.0)
+    E, G = m.nets["E"], m.nets["G"]
+    l1, l2 = E.net.layers
+    assert torch.allclose(E(x), F.leaky_relu(l2(F.leaky_relu(l1(x.flatten(1)), 0.2)), 0.5), atol=1e-6)
+    g1, g2 = G.net.layers
+    assert g2.gain == 3.0 and torch.allclose(G(w).flatten(1), g2(F.leaky_relu(g1(w), 0.1)), atol=1e-6)
+    st = make(**TINY_STYLE, g_out_gain=0.03)  # the official ToRGB gain
+    assert all(rgb.gain == pytest.approx(0.03) for rgb in st.nets["G"].to_rgb)
+    with pytest.raises(Exception, match="g_out_gain"):
+        ALAEConfig(g_out_gain=0.0)
+    with pytest.raises(Exception, match="e_out_slope"):
+        ALAEConfig(e_out_slope=2.0)
+
+
+def test_optimizer_epoch_is_the_growth_level():
+    """The loop resets Adam's state when optimizer_epoch changes: the growth level (official
+    LODDriver resets both optimizers when a level starts); one stage without growth."""
+    info16 = DataInfo(kind="image", resolution=16, channels=1)  # levels 4, 8, 16 px
+    m = make(info16, **TINY_STYLE, growth_kimg=1.0)
+    assert [m.optimizer_epoch(k) for k in (0.0, 0.99, 1.0, 1.4, 2.5, 9.0)] == [0, 0, 1, 1, 2, 2]
+    assert make(info16, **TINY_STYLE, growth_kimg=1.0, level_resets_adam=False).optimizer_epoch(2.5) == 0
+    for m in (make(**TINY_MLP), make(**TINY_STYLE)):  # no growth: one stage, never a reset
+        assert len({m.optimizer_epoch(k) for k in (0.0, 0.5, 3.0, 50.0)}) == 1
+
+
+def test_adam_state_restarts_when_a_growth_level_starts(tmp_path):
+    """Trained across a level boundary, every Adam state's step count restarts at the new level."""
+    cfg = TrainConfig(method="alae", data="digits", resolution=8, kimg=0.096, batch_size=16, precision="fp32",
+                      log_every_kimg=1, sample_every_kimg=100, snapshot_every_kimg=100, n_data=64)
+    model = {**TINY_STYLE, "growth_kimg": 0.064, "ema_kimg": 0.05}
+    tr = Trainer(cfg, model, tmp_path / "r", progress=False, pictures=False)
+    tr.run()  # 6 steps: 4 at level 0 (0 .. 0.064 kimg), 2 at level 1
+    steps = {float(s["step"]) for opt in tr.optimizers.values() for s in opt.state.values() if "step" in s}
+    assert max(steps) == 4, steps  # E and G update in two phases a step: 2 x 2 since the reset
+    tr2 = Trainer(cfg, {**model, "level_resets_adam": False}, tmp_path / "r2", progress=False, pictures=False)
+    tr2.run()
+    steps2 = {float(s["step"]) for opt in tr2.optimizers.values() for s in opt.state.values() if "step" in s}
+    assert max(steps2) == 12, steps2  # 6 steps x 2 phases

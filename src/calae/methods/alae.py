@@ -39,7 +39,21 @@ Decisions (methods.md asks for them):
   ``dlatent_avg``): no hidden state, the same value in every snapshot.
 
 Architectures (``arch``): ``mlp`` is the official MNIST setup (branch ``mnist_ref``): E numel → 1024
-→ 1024 → w, G w → 1024 → 1024 → numel, equalized layers with LeakyReLU 0.2; ``style`` is
+→ 1024 → w, G w → 1024 → 1024 → numel, equalized layers. Its activations and gains are options
+(official values in brackets, which the ``mnist-mlp`` preset sets; the defaults are the earlier
+networks of this project): E's hidden LeakyReLU ``e_slope`` [0.2] and a LeakyReLU on its w output
+``e_out_slope`` [0.01, torch's default slope; None: linear], G's hidden slope ``g_slope`` [0.01] and
+the He gain of its output layer ``g_out_gain`` [√2, lreq's default; for the style nets the same
+option is the ToRGB gain, official 0.03]. The official MNIST F (MappingFromLatent) is the identity
+(``mapping_layers=0``) and its D (MappingToLatentNoStyle) three linear layers of lrmul 0.1
+(``d_linear``). When a growth level starts the official LODDriver forgets both Adam states;
+``optimizer_epoch`` returns the level so that the loop does the same (``level_resets_adam``; the
+MLP and the official MNIST run have one level, so nothing is reset there).
+Deliberate differences from ``mnist_ref`` in the preset: ``encode`` reads the EMA encoder (the
+official evaluation uses the trained one; ``benchmarks/bench_alae_mnist.py`` reports both); the
+official F and D keep unused parameters (F's six ignored layers, D's 49 unread outputs) that get
+no gradient, so leaving them out changes nothing; the budget (600 kimg, against the official 400
+epochs = 24,000 kimg). ``style`` is
 StyleALAE: the StyleGAN-v1 generator and the style encoder of ``calae.nets.style``, with style
 mixing (p = 0.9 in phases 1 and 2; not in phase 3, as the official code) and progressive growing
 from 4×4 (``growth_kimg`` per level, fade-in over the first ``fade`` = half of each level). The
@@ -53,6 +67,7 @@ noise=G.make_noise(...))`` with frozen noise is deterministic.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -95,6 +110,13 @@ class ALAEConfig(MethodConfig):
     growth_kimg: float = 0.0  # kimg per level of progressive growing; 0: train the last level from the start
     fade: float = 0.5  # fraction of a level's kimg spent fading it in
     fade_ramp: str = "cosine"  # cosine (official) | linear (PGGAN)
+    # activations and output gains of E and G (official mnist_ref values in brackets; the defaults
+    # are this project's earlier choices, the mnist-mlp preset sets the official ones)
+    e_slope: float = 0.2  # LeakyReLU slope in the MLP E's hidden layers [0.2]
+    e_out_slope: float | None = None  # LeakyReLU on the MLP E's w output; None: linear [0.01]
+    g_slope: float = 0.2  # LeakyReLU slope in the MLP G's hidden layers [0.01]
+    g_out_gain: float = 1.0  # He gain of G's last layer: the MLP's output layer [√2], the style ToRGB [0.03]
+    level_resets_adam: bool = True  # forget Adam's state when a growth level starts (official LODDriver)
     # F and D
     mapping_layers: int = 8  # F's layers; 0: identity (official MNIST)
     mapping_hidden: int | None = None  # None: w_dim
@@ -132,20 +154,27 @@ class ALAEConfig(MethodConfig):
         check_range("d_lrmul", self.d_lrmul, 0, 1, lo_open=True)
         check_range("r1_gamma", self.r1_gamma, 0)
         check_range("ema_kimg", self.ema_kimg, 0)
+        check_range("e_slope", self.e_slope, 0, 1)
+        check_range("g_slope", self.g_slope, 0, 1)
+        if self.e_out_slope is not None:
+            check_range("e_out_slope", self.e_out_slope, 0, 1)
+        check_range("g_out_gain", self.g_out_gain, 0, 100, lo_open=True)
         check(self.mapping_layers > 0 or self.w_dim in (None, self.z_dim),
               f"mapping_layers=0 (F = identity) needs w_dim == z_dim; got w_dim={self.w_dim}, z_dim={self.z_dim}")
 
 
 # ---- the official MNIST networks -----------------------------------------------------------------
 class MLPEncoder(nn.Module):
-    """E of the official MNIST setup: flattened x -> hidden x depth (LeakyReLU 0.2) -> w (linear).
-    Same call signature as the style encoder; ``features=True`` adds the hidden activations."""
+    """E of the official MNIST setup: flattened x -> hidden x depth (LeakyReLU `slope`) -> w, linear or
+    through LeakyReLU `out_slope` (official EncoderFC: 0.2, and 0.01 on w). Same call signature as the
+    style encoder; ``features=True`` adds the hidden activations."""
 
     levels = 1
 
-    def __init__(self, in_dim: int, w_dim: int, hidden: int = 1024, depth: int = 2):
+    def __init__(self, in_dim: int, w_dim: int, hidden: int = 1024, depth: int = 2, slope: float = 0.2,
+                 out_slope: float | None = None):
         super().__init__()
-        self.net = EqMLP(in_dim, w_dim, hidden, depth)
+        self.net = EqMLP(in_dim, w_dim, hidden, depth, slope=slope, out_slope=out_slope)
 
     def forward(self, x, lod=None, alpha: float = 1.0, features: bool = False):
         w, feats = self.net.features(x)
@@ -153,17 +182,19 @@ class MLPEncoder(nn.Module):
 
 
 class MLPGenerator(nn.Module):
-    """G of the official MNIST setup: w -> hidden x depth (LeakyReLU 0.2) -> pixels (linear output)."""
+    """G of the official MNIST setup: w -> hidden x depth (LeakyReLU `slope`) -> pixels, a linear output
+    layer of He gain `out_gain` (official GeneratorFC: slope 0.01, gain √2)."""
 
     levels, num_ws = 1, 1
 
-    def __init__(self, w_dim: int, shape: tuple[int, ...], hidden: int = 1024, depth: int = 2):
+    def __init__(self, w_dim: int, shape: tuple[int, ...], hidden: int = 1024, depth: int = 2, slope: float = 0.2,
+                 out_gain: float = 1.0):
         super().__init__()
         self.shape = tuple(shape)
         numel = 1
         for s in self.shape:
             numel *= s
-        self.net = EqMLP(w_dim, numel, hidden, depth, out_gain=1.0)
+        self.net = EqMLP(w_dim, numel, hidden, depth, out_gain=out_gain, slope=slope)
 
     def make_noise(self, n, lod=None, generator=None, device=None):
         return None  # no noise inputs: G is deterministic
@@ -203,10 +234,11 @@ class ALAE(Method):
                 raise ConfigError(f"arch=style needs a power-of-two resolution (4, 8, 16, 32, 64, ...); the data "
                                   f"is {info.resolution} px: pass --resolution 32, or use --set arch=mlp") from None
             E = StyleEncoder(w_dim, info.channels, info.resolution, cfg.base_channels, cfg.max_channels)
-            G = StyleGenerator(w_dim, info.channels, info.resolution, cfg.base_channels, cfg.max_channels)
+            G = StyleGenerator(w_dim, info.channels, info.resolution, cfg.base_channels, cfg.max_channels,
+                               rgb_gain=cfg.g_out_gain)
         else:
-            E = MLPEncoder(info.numel, w_dim, cfg.hidden, cfg.depth)
-            G = MLPGenerator(w_dim, info.shape, cfg.hidden, cfg.depth)
+            E = MLPEncoder(info.numel, w_dim, cfg.hidden, cfg.depth, cfg.e_slope, cfg.e_out_slope)
+            G = MLPGenerator(w_dim, info.shape, cfg.hidden, cfg.depth, cfg.g_slope, cfg.g_out_gain)
         self.nets["E"] = E
         self.nets["D"] = LatentDiscriminator(w_dim, cfg.d_layers, cfg.d_hidden, cfg.d_lrmul, cfg.d_linear)
         self.nets["F"] = MappingNetwork(cfg.z_dim, w_dim, cfg.mapping_layers, cfg.mapping_hidden, cfg.mapping_lrmul)
@@ -223,6 +255,12 @@ class ALAE(Method):
     # ---- training description -------------------------------------------------------------------
     def _trained(self, *names: str) -> tuple[str, ...]:
         return tuple(n for n in names if n != "F" or self.has_F)
+
+    def optimizer_epoch(self, kimg: float) -> int:
+        """The growth level at ``kimg``: the loop resets Adam's state whenever it changes, as the
+        official LODDriver does when a level starts (``level_resets_adam``). Always 0 without growth
+        (the MLP, and the official MNIST run, which starts at its only level)."""
+        return self.growth.at(kimg)[0] if self.cfg.level_resets_adam else 0
 
     def optimizers(self):
         return {"adam": OptimizerSpec(self._trained("E", "D", "F", "G"), self.cfg.lr, tuple(self.cfg.betas))}
@@ -379,11 +417,17 @@ def recip_phase(m: ALAE, batch: Batch, ctx: StepContext) -> dict:
 # the style presets use lr 0.004 / 0.003 at batch 16 (official: 0.0015 at batch 64-512 for millions of
 # images); on 16 px fractals, 10 kimg: SWD(gen) 44 at lr 0.004 vs 65 at 0.002.
 _MLP = {"arch": "mlp", "z_dim": 50, "hidden": 1024, "depth": 2, "mapping_layers": 3, "lr": 0.002}
+# The official MNIST networks (branch mnist_ref, GeneratorFC / EncoderFC / MappingToLatentNoStyle, F the
+# identity): E's w output through LeakyReLU 0.01, slope 0.01 in G, G's output layer at the default gain √2,
+# a linear D of three layers.
+_MNIST_REF = {"arch": "mlp", "z_dim": 50, "hidden": 1024, "depth": 2, "mapping_layers": 0, "lr": 0.002,
+              "e_slope": 0.2, "e_out_slope": 0.01, "g_slope": 0.01, "g_out_gain": math.sqrt(2.0),
+              "d_layers": 3, "d_linear": True, "r1_gamma": 10.0, "ema_kimg": 10.0}
 add_preset("mnist-mlp", "alae", "Seed 001 step 1: MLP-ALAE on MNIST (784-1024-1024-50), the official batch 128 and "
            "lr 0.002 (use --data mnist:DIR --download)",
            train={"data": "mnist:data/mnist", "resolution": 28, "batch_size": 128, "kimg": 600,
                   "sample_every_kimg": 30, "snapshot_every_kimg": 60, "log_every_kimg": 5},
-           model={**_MLP, "ema_kimg": 10.0})
+           model=dict(_MNIST_REF))
 add_preset("digits-mlp", "alae", "MLP-ALAE on scikit-learn digits at 16 px (a few minutes on a CPU)",
            train={"data": "digits", "resolution": 16, "batch_size": 32, "kimg": 150,
                   "sample_every_kimg": 10, "snapshot_every_kimg": 25, "log_every_kimg": 2},

@@ -35,8 +35,8 @@ __all__ = ["EqLinear", "EqConv2d", "EqMLP", "Blur", "pixel_norm", "upsample2x", 
 LRELU_GAIN = math.sqrt(2.0)  # He gain used by StyleGAN / ALAE for every layer (also the leaky ones)
 
 
-def lrelu(x: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(x, 0.2)
+def lrelu(x: torch.Tensor, slope: float = 0.2) -> torch.Tensor:
+    return F.leaky_relu(x, slope)
 
 
 def pixel_norm(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -111,33 +111,45 @@ class EqConv2d(nn.Module):
 
 
 class EqMLP(nn.Module):
-    """in_dim -> [hidden (LeakyReLU 0.2)] x depth -> out_dim with equalized layers; flattens its input.
+    """in_dim -> [hidden (LeakyReLU `slope`)] x depth -> out_dim with equalized layers; flattens its input.
 
-    ``act_out`` adds the activation after the last layer too (StyleGAN's mapping network does).
+    ``out_slope`` adds a LeakyReLU with that slope after the last layer (None: a linear output);
+    ``act_out=True`` is the same with ``slope`` (StyleGAN's mapping network). ``out_gain`` is the He
+    gain of the last layer. ALAE's official MNIST nets (branch ``mnist_ref``) differ here between E
+    and G: E uses slope 0.2 and ends in LeakyReLU 0.01 (torch's default slope) on its 50-D output, G
+    uses slope 0.01 and a linear output, and both last layers keep the default gain √2.
     ``features(x)`` returns the hidden activations (for probes and patch losses).
     """
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int, depth: int, lrmul: float = 1.0,
-                 act_out: bool = False, out_gain: float = LRELU_GAIN):
+                 act_out: bool = False, out_gain: float = LRELU_GAIN, slope: float = 0.2,
+                 out_slope: float | None = None):
         super().__init__()
         dims = [in_dim] + [hidden] * depth + [out_dim]
         self.layers = nn.ModuleList(
             EqLinear(a, b, lrmul=lrmul, gain=(out_gain if i == depth else LRELU_GAIN))
             for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])))
-        self.act_out = act_out
+        self.slope = float(slope)
+        self.out_slope = self.slope if (act_out and out_slope is None) else (
+            None if out_slope is None else float(out_slope))
 
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h, feats = x.flatten(1), []
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             h = layer(h)
-            if i < len(self.layers) - 1 or self.act_out:
-                h = lrelu(h)
-            if i < len(self.layers) - 1:
+            if i < last:
+                h = lrelu(h, self.slope)
                 feats.append(h)
+            elif self.out_slope is not None:
+                h = lrelu(h, self.out_slope)
         return h, feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)[0]
+
+    def extra_repr(self) -> str:
+        return f"slope={self.slope:g}, out_slope={self.out_slope}"
 
 
 class Blur(nn.Module):
