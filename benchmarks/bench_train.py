@@ -139,7 +139,7 @@ def main(argv=None) -> list[dict]:
     hdr = f"{'method':<16}{'px':>4}{'prec':>6}{'img/s':>9}{'vs fp32':>9}{'GFLOP/step':>12}{'TFLOP/s':>9}{'of peak':>9}{'data wait':>11}"
     print(f"peaks (TFLOP/s): " + ", ".join(f"{k} {v:.3f}" for k, v in peaks.items()))
     print(f"bf16 autocast chosen by --precision auto here: "
-          f"{__import__('calae.training.loop', fromlist=['x']).cpu_has_fast_bf16()}")
+          f"{__import__('calae.training.precision', fromlist=['x']).cpu_has_fast_bf16()}")
     print(hdr)
     for r in rows:
         print(f"{r['method']:<16}{r['resolution']:>4}{r['precision']:>6}{r['img_per_s']:>9.1f}"

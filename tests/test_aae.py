@@ -7,13 +7,15 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from calae.config import ConfigError, TrainConfig
-from calae.methods.aae import AAE, AAEConfig, latent_scatter
+from calae.methods.aae import AAE, AAEConfig
 from calae.methods.base import StepContext
 from calae.metrics.probe import linear_probe
 from calae.priors import energy_distance
 from calae.training import Trainer, load_snapshot
+from calae.viz.latents import latent_scatter
 
 from conftest import tiny_model_cfg
 
@@ -134,11 +136,13 @@ def test_encoders_and_supervised_decoding():
         assert torch.equal(m.encode(b.x), m.encode(b.x))  # encode is μ: deterministic
         assert not torch.equal(m.code(b.x), m.code(b.x))  # training draws z = μ + σε
         z = m.encode(b.x)
-        onehot = torch.nn.functional.one_hot(torch.arange(10) % 10, 10).float()
-        assert torch.equal(m.decode(z), m.decode(torch.cat([z, onehot], 1)))  # bare codes: class i mod K
+        assert torch.equal(m.decode(z), m.generate(z, torch.arange(10) % 10, m.net("G")).sigmoid())  # i mod K
         assert m.decode(z).shape == b.x.shape and 0 <= float(m.decode(z).min())  # BCE: sigmoid output
+        three = m.decode(z, label=3)
+        assert torch.equal(three, m.generate(z, torch.full((10,), 3), m.net("G")).sigmoid())
         rec = m.reconstruct(b.x, b.y)
-        assert torch.equal(rec, m.decode(torch.cat([z, torch.nn.functional.one_hot(b.y, 10).float()], 1)))
+        assert torch.equal(rec, m.generate(z, b.y, m.net("G")).sigmoid())
+    assert [o.name for o in m.decode_options()] == ["label"]
     assert m.prior(5, torch.Generator().manual_seed(0)).shape == (5, 4)
 
 
@@ -229,7 +233,9 @@ def test_cli_trains_with_seed_knobs_and_interpolates(tmp_path, cli_env):
     from calae.cli import main
 
     assert main(["interpolate", str(out), "--pairs", "2", "--steps", "4", "--out", str(tmp_path / "i.gif")]) == 0
-    assert (tmp_path / "i.gif").exists() and (tmp_path / "i.png").exists()
+    assert Image.open(tmp_path / "i.gif").n_frames == 4 + 2  # ping-pong of 4 steps
+    strip = Image.open(tmp_path / "i.png")
+    assert strip.size[1] > strip.size[0]  # 4 steps stacked, 2 pairs across
 
 
 def test_cli_seed_002_flag_names(tmp_path, capsys):
@@ -256,3 +262,23 @@ def test_cli_seed_002_flag_names(tmp_path, capsys):
     assert parse(["train", "aae", "--out", "o", "--download"]).download is True
     assert parse(["train", "aae", "--out", "o"]).download is False
     assert main(["train", "vae", "--data", "digits", "--dis_lr", "0.1", "--out", str(tmp_path / "v"), "--dry-run"]) == 2
+
+
+@pytest.mark.parametrize("info,want", [
+    (dict(kind="image", channels=1, resolution=28, name="mnist"), "mlp"),  # the seed's MNIST setup
+    (dict(kind="image", channels=1, resolution=16, name="digits"), "mlp"),
+    (dict(kind="points", dim=2, name="toy:rings"), "mlp"),
+    (dict(kind="image", channels=1, resolution=32), "conv"),
+    (dict(kind="image", channels=3, resolution=28), "conv"),
+])
+def test_arch_auto_chooses_by_data_as_alae(info, want):
+    from calae.data.base import DataInfo
+    from calae.methods.alae import ALAEConfig, resolve_arch
+
+    info = DataInfo(**info)
+    m = AAE(AAEConfig(hidden=32, depth=1, d_hidden=16, d_depth=1, base_channels=8, max_channels=16), info)
+    has_conv = any(isinstance(x, torch.nn.Conv2d) for x in m.nets["E"].modules())
+    assert (m.conv, has_conv) == (want == "conv", want == "conv")
+    assert (resolve_arch(ALAEConfig(), info) == "mlp") == (want == "mlp")  # the same rule as ALAE's
+    if info.kind == "image":  # an explicit arch still wins
+        assert AAE(AAEConfig(arch="conv", base_channels=8, max_channels=16, d_hidden=16), info).conv

@@ -39,6 +39,17 @@ def test_train_writes_a_complete_run_folder(trained):
                  "reconstructions.png", "losses.png", "progress.gif"):
         assert (trained / name).exists(), name
     assert list((trained / "tb").glob("events.out.tfevents.*"))
+    # the pictures are pictures of this run: 64 samples of 16 px in an 8x8 grid, 16 real/reconstruction
+    # pairs in alternating rows, not blank; the progress GIF has a frame per picture interval
+    grid = np.asarray(Image.open(trained / "samples.png").convert("L"), dtype=np.float32)
+    assert grid.shape[0] >= 8 * 16 and grid.shape[1] >= 8 * 16 and grid.std() > 1.0
+    rec = Image.open(trained / "reconstructions.png")
+    assert rec.size[1] >= 4 * 16 and np.asarray(rec).std() > 1.0
+    assert Image.open(trained / "progress.gif").n_frames >= 2
+    assert Image.open(trained / "losses.png").size[0] > 200
+    recs = [json.loads(line) for line in (trained / "stats.jsonl").read_text().splitlines()]
+    kimgs = [r["kimg"] for r in recs if "step" in r]
+    assert kimgs == sorted(kimgs) and kimgs[-1] == pytest.approx(0.208) and all("vae/loss" in r for r in recs if "step" in r)
     cfg = json.loads((trained / "config.json").read_text())
     assert cfg["method"] == "vae" and cfg["model"]["z_dim"] == 4
 
@@ -70,6 +81,25 @@ def test_dry_run_writes_nothing(tmp_path, cli_env):
                  "--dry-run", *TINY], cli_env)
     assert "trainable in" in p.stderr and "one step of each phase" in p.stderr
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("preset,want", [(None, "soft-intro-vae-rings"), ("none", None)])
+def test_toy_data_gets_the_papers_settings_without_a_preset(preset, want, tmp_path, capsys):
+    """Soft-IntroVAE pointed at toy:NAME trains with the paper's toy settings (official 4x256 ReLU
+    net, batch 512, the toy's betas) unless --preset none; flags still override the preset."""
+    args = ["train", "soft_intro_vae", "--data", "toy:rings", "--kimg", "1", "--out", str(tmp_path / "r"),
+            "--dry-run", "--no-progress", "--precision", "fp32"] + (["--preset", preset] if preset else [])
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    resolved = json.loads(err[err.index("{"):err.index("\n}") + 2])
+    if want:
+        assert f"using preset {want!r}" in err
+        assert resolved["train"]["batch_size"] == 512 and resolved["train"]["kimg"] == 1.0
+        m = resolved["model"]
+        assert (m["hidden"], m["depth"], m["act"], m["z_dim"]) == (256, 4, "relu", 2)
+        assert (m["beta_kl"], m["beta_rec"], m["beta_neg"]) == (0.2, 0.2, 1.0)
+    else:
+        assert "using preset" not in err and resolved["model"]["act"] == "lrelu"
 
 
 @pytest.mark.parametrize("args,needle", [

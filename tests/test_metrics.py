@@ -90,7 +90,27 @@ def eight_gaussians(n: int, seed: int, shift: float = 0.0) -> torch.Tensor:
     return ((centres + 0.02 * torch.randn(n, 2, generator=g)) / 1.414 + shift).float()
 
 
-class FakeImageModel(nn.Module):
+class FakeSurface(nn.Module):
+    """What calae.api needs of a method besides encode / decode / sample / reconstruct."""
+
+    name, conv, latent_dim = "fake", False, 2
+
+    def latent_space(self):
+        from calae.api import LatentSpace
+
+        return LatentSpace("z", self.latent_dim, "fake")
+
+    def decode_options(self):
+        return ()
+
+    def display_options(self):
+        return {}
+
+    def device(self):
+        return torch.device("cpu")
+
+
+class FakeImageModel(FakeSurface):
     """The inference surface of a method, faked: samples are bank images plus noise."""
 
     def __init__(self, info: DataInfo, bank: torch.Tensor, noise: float = 0.0, rec_noise: float = 0.0,
@@ -123,13 +143,13 @@ class FakeImageModel(nn.Module):
         return x + self.rec_noise * torch.randn(x.shape, generator=g)
 
 
-class FakeToyModel(nn.Module):
+class FakeToyModel(FakeSurface):
     def __init__(self, info: DataInfo, shift: float = 0.0, with_elbo: bool = True):
         super().__init__()
         self.info, self.value_range, self.shift = info, "tanh", shift
         self.lin = nn.Linear(2, 2)
         if with_elbo:
-            self.elbo = lambda x: -(x.square().sum(1))
+            self.elbo = lambda x, beta_rec=1.0, beta_kl=1.0: -(x.square().sum(1))
 
     def sample(self, n: int, seed: int) -> torch.Tensor:
         assert not self.training
@@ -438,7 +458,7 @@ def test_toy_metrics_registered():
     real = ds.get(torch.randperm(6000, generator=torch.Generator().manual_seed(0))[:3000]).x
     expected = grid_normalized_elbo(lambda p: -(p.square().sum(1)), real, 2.0, n_pts=64)
     assert rg["toy_elbo/gnelbo"] == pytest.approx(expected) == rb["toy_elbo/gnelbo"]
-    # The official evaluation uses unit weights: an elbo() taking beta_rec/beta_kl gets 1.0 for both.
+    # The official evaluation uses unit weights: elbo(x, beta_rec, beta_kl) is called with 1.0 for both.
     weighted = FakeToyModel(ds.info)
     weighted.elbo = lambda x, beta_rec=0.2, beta_kl=0.3: -(beta_rec * x.square().sum(1) + beta_kl)
     rw = evaluate(weighted, ds, ["toy_elbo"], n=3000, seed=0, grid_pts=64)

@@ -325,7 +325,7 @@ def test_negative_gap_in_training_warns(no_noise):
             ctx = StepContext(step, 0.5 * step, 10.0)
             soft_intro_encoder_loss(m, batch, ctx)
             dec = soft_intro_decoder_loss(m, batch, ctx)
-            ctx.logged.update({f"decoder/{k}": float(v) for k, v in dec.items()})  # as the loop logs it
+            ctx.logged.update({f"decoder/{k}": float(v.detach()) for k, v in dec.items()})  # as the loop logs it
             m.on_step_end(ctx)
 
 
@@ -463,3 +463,70 @@ def test_switch_on_transient_is_not_a_negative_gap():
     with pytest.warns(KLGapWarning):
         for i in range(40, 120):  # the smoothed gap crosses zero ~2.6 kimg in, then 2 kimg negative
             sch.observe(-3.0, 30.0, ctx_at(i, 4.0 + 0.1 * i))
+
+
+# ---- value range (issue 12 §4: the official code trains MSE in [0, 1]) -------------------------------
+class _ConstImage(nn.Module):
+    """G(z) = the same image c for every code (a hand 'reconstruction')."""
+
+    def __init__(self, c: torch.Tensor):
+        super().__init__()
+        self.c = nn.Parameter(c.clone())
+
+    def forward(self, z):
+        return self.c.expand(z.shape[0], *self.c.shape)
+
+
+class _ZeroPosterior(nn.Module):
+    def __init__(self, z_dim: int):
+        super().__init__()
+        self.z_dim, self.w = z_dim, nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        return self.w * torch.zeros(x.shape[0], 2 * self.z_dim, device=x.device)
+
+
+def _rec_term(value_range: str, recon_u8: torch.Tensor):
+    """The encoder loss's logged L_r of 4 digits against the hand reconstruction ``recon_u8``, and the
+    official formula on the same uint8 images (ToTensor: /255; MSE summed over pixels, batch mean)."""
+    model = {"z_dim": 4, "base_channels": 8, "max_channels": 16, "value_range": value_range, "beta_neg": 256.0}
+    tr = Trainer(TrainConfig(method="soft_intro_vae", data="digits", resolution=16, kimg=1, batch_size=4,
+                             precision="fp32"), model, None, progress=False)
+    m = tr.method
+    m.nets["E"] = _ZeroPosterior(4)
+    c = recon_u8.float() / 255.0 if value_range == "unit" else recon_u8.float() / 127.5 - 1.0
+    m.nets["G"] = _ConstImage(c)
+    u8 = tr.dataset.get(torch.arange(4)).x  # [4, 1, 16, 16] uint8
+    out = soft_intro_encoder_loss(m, tr.batch(4), tr.context(0))
+    x01, r01 = u8.float() / 255.0, recon_u8.float().expand_as(u8) / 255.0
+    official = torch.nn.functional.mse_loss(r01.flatten(1), x01.flatten(1), reduction="none").sum(1).mean()
+    return float(out["rec"].detach()), float(official), m.value_range
+
+
+def test_recon_term_in_unit_range_is_the_official_one_and_a_quarter_of_tanh():
+    recon = (torch.arange(256).view(1, 16, 16) * 7 % 256).to(torch.uint8)  # a fixed hand image
+    unit, official, vr_u = _rec_term("unit", recon)
+    tanh, _, vr_t = _rec_term("tanh", recon)
+    assert (vr_u, vr_t) == ("unit", "tanh")
+    assert unit == pytest.approx(official, rel=1e-5) and official > 1.0
+    assert tanh == pytest.approx(4.0 * unit, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["soft-intro-vae-mnist", "as-intro-vae-mnist", "fantasy-256"])
+def test_official_presets_train_in_unit_range(name):
+    p = PRESETS[name]
+    cls = METHODS[p["method"]]
+    cfg = from_dict(cls.Config, {**p["model"], "z_dim": 4, "base_channels": 8, "max_channels": 16})
+    m = cls(cfg, DataInfo(kind="image", channels=1 if "mnist" in name else 3, resolution=16))
+    assert m.value_range == "unit"
+
+
+def test_value_range_auto_and_checks():
+    info = DataInfo(kind="image", channels=1, resolution=16)
+    tiny = {"z_dim": 4, "base_channels": 8, "max_channels": 16}
+    assert METHODS["soft_intro_vae"](SoftIntroVAEConfig(**tiny), info).value_range == "tanh"
+    assert METHODS["vae"](METHODS["vae"].Config(recon="bce", **tiny), info).value_range == "unit"
+    with pytest.raises(ConfigError, match="value_range must be one of"):
+        SoftIntroVAEConfig(value_range="zero-one")
+    with pytest.raises(ConfigError, match="recon=bce needs images in"):
+        SoftIntroVAEConfig(recon="bce", value_range="tanh")

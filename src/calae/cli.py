@@ -83,7 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per optimisation step (per process)")
     t.add_argument("--lr", type=_positive_float("--lr"), help="learning rate (shortcut for --set lr=...); step decay: "
                    "--set lr_decay_kimg=[A,B] multiplies it by lr_decay (default 0.1) at A and B kimg")
-    t.add_argument("--preset", help="named preset (see `calae list`); flags and --set override it")
+    t.add_argument("--preset", help="named preset (see `calae list`); flags and --set override it. Without it, a method's "
+                   "paper settings for the data apply where a preset declares them (Soft-IntroVAE on toy:NAME); "
+                   "'none' turns that off")
     t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method or training config key (repeatable; model.KEY / train.KEY to disambiguate)")
     t.add_argument("--precision", choices=("auto", "bf16", "fp32"),
@@ -174,12 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---- commands ---------------------------------------------------------------------------------
 def cmd_train(a) -> int:
-    from .config import TrainConfig, apply_overrides, from_dict, preset
+    from .config import TrainConfig, apply_overrides, from_dict, preset, preset_for_data
     from .registry import METHODS
     from .training import train
 
     model: dict = {}
     tr: dict = {"method": a.method}
+    if a.preset is None and a.data:
+        a.preset = preset_for_data(a.method, a.data)
+        if a.preset and int(os.environ.get("RANK", "0")) == 0:
+            print(f"using preset {a.preset!r}, the paper's settings for --data {a.data} "
+                  f"(flags and --set override it; --preset none for the plain defaults)", file=sys.stderr)
+    if a.preset == "none":
+        a.preset = None
     if a.preset:
         pr = preset(a.preset)
         if pr["method"] != a.method:
@@ -222,15 +231,15 @@ def cmd_train(a) -> int:
 
 
 def _load(run):
-    from .training.checkpoint import load_snapshot
+    from .api import load
 
-    return load_snapshot(run)
+    return load(run)
 
 
 def _data_for(model, spec: str | None):
     from .data import open_dataset
 
-    train = getattr(model, "snapshot_meta", {}).get("train", {})
+    train = model.meta.get("train", {})
     spec = spec or train.get("data")
     if not spec:
         raise UserError("this snapshot does not name its data; pass --data SPEC")
@@ -339,7 +348,7 @@ def cmd_latents(a) -> int:
     m = _load(a.run)
     ds = _data_for(m, a.data)
     if a.over_prior:
-        from .methods.aae import latent_scatter
+        from .viz.latents import latent_scatter
 
         latent_scatter(m, ds, a.out, n=a.n)
     elif a.out.endswith(".npz"):
@@ -360,8 +369,8 @@ def cmd_eval(a) -> int:
 
     m = _load(a.run)
     ds = _data_for(m, a.data)
-    names = [s for s in (a.metrics or "").split(",") if s] or default_metrics(ds.info, m)
-    res = evaluate(m, ds, names, n=a.n, seed=a.seed)
+    names = [s for s in (a.metrics or "").split(",") if s] or default_metrics(ds.info, m.method)
+    res = evaluate(m.method, ds, names, n=a.n, seed=a.seed)
     if a.json:
         print(json.dumps(res))
     else:
@@ -407,7 +416,8 @@ def cmd_demo(a) -> int:
     from . import explore
     from .config import TrainConfig, from_dict, preset
     from .data import open_dataset
-    from .training import load_snapshot, train
+    from .api import load
+    from .training import train
     from .viz.grid import save_image
 
     out = Path(a.out)
@@ -416,7 +426,7 @@ def cmd_demo(a) -> int:
     if a.kimg:
         tr["kimg"] = a.kimg
     train(from_dict(TrainConfig, tr), dict(pr["model"]), out / "run")
-    m = load_snapshot(out / "run")
+    m = load(out / "run")
     ds = open_dataset(tr["data"], resolution=m.info.resolution, channels=m.info.channels, n=tr.get("n_data"))
     save_image(explore.sample_grid(m, 64, seed=1), out / "samples.png", upscale=2)
     real = explore.load_real(m, ds, 16, seed=3)
@@ -434,18 +444,14 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconst
 
 
 def _user_errors() -> tuple[type, ...]:
+    from .api import APIError
     from .config import ConfigError
     from .data.base import DataError
+    from .metrics import MetricError
     from .training.checkpoint import CheckpointError
 
-    errs: list[type] = [UserError, ConfigError, DataError, CheckpointError, FileNotFoundError, PermissionError]
-    try:
-        from .metrics import MetricError
-
-        errs.append(MetricError)
-    except ImportError:
-        pass
-    return tuple(errs)
+    return (UserError, APIError, ConfigError, DataError, CheckpointError, MetricError, FileNotFoundError,
+            PermissionError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from .registry import PRESETS, TINY
 
@@ -166,14 +166,26 @@ def tiny(method: str) -> dict:
     return {"model": dict(TINY[method]["model"]), "train": dict(TINY[method]["train"])}
 
 
-def add_preset(name: str, method: str, doc: str, train: dict | None = None, model: dict | None = None):
-    """One row per preset: method, a one-line description, training and model overrides."""
-    PRESETS[name] = {"method": method, "doc": doc, "train": dict(train or {}), "model": dict(model or {})}
+def add_preset(name: str, method: str, doc: str, train: dict | None = None, model: dict | None = None,
+               default_for_data: bool = False):
+    """One row per preset: method, a one-line description, training and model overrides. With
+    ``default_for_data`` the preset is also what ``calae train METHOD --data SPEC`` uses when no
+    --preset is given and SPEC is the preset's data (the paper's toy settings for ``toy:NAME``)."""
+    PRESETS[name] = {"method": method, "doc": doc, "train": dict(train or {}), "model": dict(model or {}),
+                     "default_for_data": bool(default_for_data)}
+
+
+def preset_for_data(method: str, data: str | None) -> str | None:
+    """The preset declared as ``method``'s default for the data spec ``data``, or None."""
+    for name, pr in PRESETS.items():
+        if pr.get("default_for_data") and pr["method"] == method and pr["train"].get("data") == data:
+            return name
+    return None
 
 
 @dataclass
 class MethodConfig:
-    """Base of every method's config: optimiser and EMA knobs shared by all methods."""
+    """Base of every method's config: the Adam learning rate and betas every method has."""
 
     lr: float = 2e-4
     betas: tuple[float, float] = (0.9, 0.999)
@@ -184,5 +196,64 @@ class MethodConfig:
               f"betas must be two numbers in [0, 1); got {self.betas}")
 
 
-__all__ = ["TrainConfig", "MethodConfig", "ConfigError", "check", "check_choice", "check_range",
+@dataclass
+class NetConfig:
+    """The encoder / decoder network options every method's config shares, declared and validated
+    once here (issue 12 §1), so that "same architecture" is one equality check:
+    ``a.net_config() == b.net_config()``.
+
+    A method config inherits it next to MethodConfig (``class VAEConfig(NetConfig, MethodConfig)``);
+    the field names stay flat, so ``--set hidden=512`` and presets work unchanged. A subclass may
+    redeclare a field only to change its default, and narrows ``ARCHS`` to the architectures it
+    builds; ``UNUSED`` names the options its networks ignore, which must then keep their default
+    (a silently ignored ``--set norm=batch`` would be a lie).
+    """
+
+    arch: str = "auto"  # auto: chosen from the data (see each method) | one of ARCHS
+    hidden: int = 256  # mlp width
+    depth: int = 3  # mlp hidden layers (Linear + activation each, then a linear output layer)
+    act: str = "lrelu"  # mlp hidden activation: lrelu (slope 0.2) | relu (official Soft-IntroVAE 2-D nets)
+    base_channels: int = 32  # conv / style feature maps at full resolution, doubling per halving
+    max_channels: int = 256
+    # Residual-block normalisation: group (per image: training and inference agree at any batch
+    # size; see calae.nets.conv), batch (the official Soft-IntroVAE's; train/eval differ at small
+    # batches) or none.
+    norm: str = "group"
+
+    ARCHS: ClassVar[tuple[str, ...]] = ("auto", "conv", "mlp", "style")
+    ACTS: ClassVar[tuple[str, ...]] = ("lrelu", "relu")
+    UNUSED: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        parent = getattr(super(), "__post_init__", None)  # cooperative: MethodConfig's checks too
+        if parent is not None:
+            parent()
+        from .nets.conv import norm_name
+
+        check_choice("arch", self.arch, self.ARCHS)
+        check(isinstance(self.hidden, int) and not isinstance(self.hidden, bool),
+              f"hidden must be an integer; got {self.hidden!r}")
+        check_range("hidden", self.hidden, 1, 65536)
+        check(isinstance(self.depth, int) and not isinstance(self.depth, bool),
+              f"depth must be an integer; got {self.depth!r}")
+        check_range("depth", self.depth, 0, 64)
+        check_choice("act", self.act, self.ACTS)
+        check_range("base_channels", self.base_channels, 1, 4096)
+        check_range("max_channels", self.max_channels, 1, 4096)
+        try:
+            self.norm = norm_name(self.norm)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        name = type(self).__name__.removesuffix("Config")
+        for k in self.UNUSED:
+            default = next(f.default for f in fields(NetConfig) if f.name == k)
+            check(getattr(self, k) == default, f"{k} does not apply to the networks of {name}; "
+                  f"leave it at {default!r} (got {getattr(self, k)!r})")
+
+    def net_config(self) -> "NetConfig":
+        """The network part of this config as a plain NetConfig (equal iff the networks' options are)."""
+        return NetConfig(**{f.name: getattr(self, f.name) for f in fields(NetConfig)})
+
+
+__all__ = ["TrainConfig", "MethodConfig", "NetConfig", "ConfigError", "check", "check_choice", "check_range",
            "to_dict", "from_dict", "apply_overrides", "preset", "add_preset", "add_tiny", "tiny", "parse_value", "field"]

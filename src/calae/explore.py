@@ -1,77 +1,64 @@
 """Using a trained model: samples, reconstructions, interpolations, codes and latent maps.
 
-Everything here goes through the inference surface (encode / decode / sample / reconstruct) with
-the networks in eval mode, so it works for every method and for snapshots loaded without any
-training code.
+Everything here goes through ``calae.api`` (encode / decode / sample / reconstruct), so it works
+for every method and for snapshots loaded without any training code. It changes no mode: a loaded
+model is in eval mode already, and the training loop calls it inside ``api.inference``.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data.base import Batch, Dataset, from_model_range, to_model_range
+from .api import Model
+from .data.base import Batch, Dataset
 from .viz.grid import make_grid, save_figure, save_gif, save_image
 
 
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Eval mode and no_grad for the duration; the previous mode is restored afterwards."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield model
-    finally:
-        model.train(was)
+def as_model(model) -> Model:
+    """A ``calae.api.Model`` for a loaded model or a method held in memory (modes untouched)."""
+    return model if isinstance(model, Model) else Model(model)
 
 
 def fixed_indices(dataset: Dataset, n: int, seed: int = 0) -> torch.Tensor:
-    """n item indices that are the same every time (frames of a run compare)."""
-    g = torch.Generator().manual_seed(seed + 12345)
-    n = min(n, len(dataset))
-    return torch.randperm(len(dataset), generator=g)[:n]
+    """n item indices that are the same every time (frames of a run compare); the metrics' seeded
+    subset at an offset seed, so pictures and evaluations need not show the same items."""
+    from .metrics.base import real_indices
+
+    return real_indices(len(dataset), n, seed + 12345)
 
 
 def load_real(model, dataset: Dataset, n: int, seed: int = 0) -> Batch:
+    """n fixed items of the dataset in the model's range, on its device."""
     b = dataset.get(fixed_indices(dataset, n, seed))
-    x = to_model_range(b.x, model.value_range).to(model.device())
-    return Batch(x, b.y, b.params)
-
-
-def _batched(fn, x: torch.Tensor, bs: int = 256) -> torch.Tensor:
-    return torch.cat([fn(x[i:i + bs]) for i in range(0, x.shape[0], bs)]) if x.shape[0] else x
+    return Batch(as_model(model).to_model(b.x), b.y, b.params)
 
 
 def samples(model, n: int, seed: int = 0) -> torch.Tensor:
-    """Float samples in the model range [n, ...]."""
-    with eval_mode(model):
-        return model.sample(n, seed).float().cpu()
+    """Float samples in the model range [n, ...] (untruncated: what metrics see)."""
+    return as_model(model).sample_tensor(n, seed)
 
 
 def to_uint8(model, x: torch.Tensor) -> torch.Tensor:
-    return from_model_range(x, model.value_range)
+    return as_model(model).from_model(x)
 
 
 def sample_grid(model, n: int = 64, seed: int = 0) -> torch.Tensor:
-    """A picture of samples; methods with display truncation (ALAE's ψ) use it here, never in metrics."""
-    if hasattr(model, "display_samples"):
-        with eval_mode(model):
-            return make_grid(to_uint8(model, model.display_samples(n, seed).float().cpu()))
-    return make_grid(to_uint8(model, samples(model, n, seed)))
+    """A picture of samples with the method's display options (ALAE's truncation ψ); metrics never."""
+    mdl = as_model(model)
+    return make_grid(mdl.sample(n, seed, **mdl.display_options()))
 
 
 def reconstructions(model, x: torch.Tensor) -> torch.Tensor:
-    with eval_mode(model):
-        return _batched(model.reconstruct, x).float().cpu()
+    return as_model(model).reconstruct_tensor(x)
 
 
 def recon_grid(model, x: torch.Tensor, per_row: int = 8) -> torch.Tensor:
     """Rows alternate: real images, then their reconstructions."""
-    rec = reconstructions(model, x)
-    real_u8, rec_u8 = to_uint8(model, x.cpu()), to_uint8(model, rec)
+    mdl = as_model(model)
+    rec = mdl.reconstruct_tensor(x)
+    real_u8, rec_u8 = mdl.from_model(x), mdl.from_model(rec)
     rows = []
     for i in range(0, x.shape[0], per_row):
         rows += [real_u8[i:i + per_row], rec_u8[i:i + per_row]]
@@ -79,8 +66,7 @@ def recon_grid(model, x: torch.Tensor, per_row: int = 8) -> torch.Tensor:
 
 
 def encode(model, x: torch.Tensor) -> torch.Tensor:
-    with eval_mode(model):
-        return _batched(model.encode, x).float().cpu()
+    return as_model(model).encode_tensor(x)
 
 
 def interpolation_frames(model, x: torch.Tensor, pairs: int = 4, steps: int = 16) -> list[torch.Tensor]:
@@ -88,17 +74,13 @@ def interpolation_frames(model, x: torch.Tensor, pairs: int = 4, steps: int = 16
 
     Returns `steps` frames, each a row of `pairs` images; a GIF of them plays every pair at once.
     """
+    mdl = as_model(model)
     need = 2 * pairs
     if x.shape[0] < need:
         raise ValueError(f"need {need} images for {pairs} pairs, got {x.shape[0]}")
-    with eval_mode(model):
-        w = model.encode(x[:need]).float()
-        wa, wb = w[0::2], w[1::2]  # [P, d]
-        frames = []
-        for t in torch.linspace(0, 1, steps):
-            img = model.decode((1 - t) * wa + t * wb).float().cpu()  # [P, C, H, W]
-            frames.append(make_grid(to_uint8(model, img), nrow=pairs))
-    return frames
+    w = mdl.encode_tensor(x[:need])
+    wa, wb = w[0::2], w[1::2]  # [P, d]
+    return [make_grid(mdl.decode((1 - t) * wa + t * wb), nrow=pairs) for t in torch.linspace(0, 1, steps)]
 
 
 def interpolation_strip(frames: list[torch.Tensor], model=None) -> torch.Tensor:
@@ -151,7 +133,7 @@ def latent_map(model, dataset: Dataset, out: str | Path, n: int = 1000, method: 
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=colour, s=6, cmap="viridis")
         if colour is not None:
             fig.colorbar(sc, ax=ax, label=label)
-    ax.set_title(f"{model.name} codes ({codes.shape[1]}-D) by {method.upper()}")
+    ax.set_title(f"{model.name} codes ({codes.shape[1]}-D {as_model(model).latent.name}) by {method.upper()}")
     ax.set_xticks([]), ax.set_yticks([])
     return save_figure(fig, out)
 

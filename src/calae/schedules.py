@@ -51,21 +51,6 @@ class KLGapWarning(UserWarning):
     """KL(fake) − KL(real) stayed negative: the adversarial part of Soft-IntroVAE stopped working."""
 
 
-def _all_mean(values: list[float]) -> list[float]:
-    """Average scalars over data-parallel ranks so every rank's schedule state stays identical."""
-    from .training.distributed import world
-
-    if world()[1] == 1:
-        return values
-    import torch.distributed as dist
-
-    t = torch.tensor(values, dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t)
-    return (t / world()[1]).cpu().tolist()
-
-
 class BetaNegSchedule(nn.Module):
     """Base: the KL-gap monitor (smoothed gap, negative-since, warned-once) in buffers.
 
@@ -95,7 +80,7 @@ class BetaNegSchedule(nn.Module):
         """Record this step's KL(fake) − KL(real) and KL(real); acts once per optimisation step."""
         if ctx.step <= int(self.last_step):
             return
-        gap, kl_real = _all_mean([float(gap), float(kl_real)])
+        gap, kl_real = float(gap), float(kl_real)  # already rank means: the loop averages logged values
         if not (math.isfinite(gap) and math.isfinite(kl_real)):  # a skipped (non-finite) step teaches nothing
             return
         with torch.no_grad():

@@ -94,12 +94,6 @@ class Dataset:
     def __getitem__(self, i: int) -> Batch:
         return self.get([int(i)])
 
-    def describe(self) -> str:
-        i = self.info
-        shape = "x".join(str(s) for s in i.shape)
-        lab = f", {i.num_classes} classes" if i.num_classes else ""
-        return f"{i.name or i.kind}: {len(self)} items of {shape}{lab}"
-
 
 @dataclass
 class TensorDataset(Dataset):

@@ -43,29 +43,25 @@ and an MLP latent discriminator.
 """
 from __future__ import annotations
 
-import dataclasses
-import types
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError, MethodConfig, add_preset, add_tiny, check, check_choice, check_range
+from ..config import ConfigError, MethodConfig, NetConfig, add_preset, add_tiny, check, check_choice, check_range
 from ..data.base import Batch, DataInfo
 from ..losses import nonsat_logistic, recon_loss, reparameterize
 from ..nets import MLP
-from ..nets.conv import check_norm
 from ..priors import make_prior
 from ..registry import METHODS, register
 from .base import Method, OptimizerSpec, Phase, StepContext
-from .vae import build_encoder_decoder
+from .vae import build_encoder_decoder, resolve_arch
 
-__all__ = ["AAEConfig", "AAE", "recon_phase", "disc_phase", "enc_phase", "latent_scatter"]
+__all__ = ["AAEConfig", "AAE", "recon_phase", "disc_phase", "enc_phase"]
 
 
 @dataclass
-class AAEConfig(MethodConfig):
+class AAEConfig(NetConfig, MethodConfig):
     lr: float = 1e-3  # what --lr sets: the fallback of gen_lr and dis_lr (reg_lr: dis_lr / 5)
     betas: tuple[float, float] = (0.5, 0.999)  # β1 = 0.5, the usual choice for adversarial games
     z_dim: int = 8
@@ -78,18 +74,18 @@ class AAEConfig(MethodConfig):
     prior_opts: dict = field(default_factory=dict)  # e.g. {"sigma": 5} or {"maps": 16, "contraction": 0.7}
     supervised: bool = False  # give the one-hot label to G (style / content separation)
     label_prior: bool = False  # label-tied prior components; D sees the one-hot label
-    arch: str = "auto"  # auto: mlp for points, conv for images | conv | mlp
-    base_channels: int = 32
-    max_channels: int = 256
+    # network options from NetConfig; arch auto: mlp for points and one-channel images of at most
+    # 28 px (the seed's and the paper's MNIST nets), conv otherwise
     hidden: int = 512  # mlp width (E and G)
     depth: int = 2  # mlp hidden layers (E and G)
-    norm: str = "none"  # residual-block normalisation: none | group | batch (see calae.nets.conv)
+    norm: str = "none"
     d_hidden: int = 512  # latent discriminator width (the paper: 1000)
     d_depth: int = 2  # latent discriminator hidden layers (the paper: 2)
 
+    ARCHS = ("auto", "conv", "mlp")
+
     def __post_init__(self):
         super().__post_init__()
-        self.norm = check_norm(self.norm)
         check_range("z_dim", self.z_dim, 1, 4096)
         check_choice("encoder", self.encoder, ("deterministic", "gaussian"))
         check_choice("recon", self.recon, ("bce", "mse"))
@@ -100,10 +96,6 @@ class AAEConfig(MethodConfig):
                 check_range(k, v, 0, 1, lo_open=True)
         check(isinstance(self.prior_opts, dict), f"prior_opts must be a JSON object; got {self.prior_opts!r}")
         make_prior(self.prior, self.z_dim, **self.prior_opts)  # names and values checked now, not mid-run
-        check_choice("arch", self.arch, ("auto", "conv", "mlp"))
-        check_range("base_channels", self.base_channels, 1, 1024)
-        check_range("hidden", self.hidden, 1, 65536)
-        check_range("depth", self.depth, 0, 64)
         check_range("d_hidden", self.d_hidden, 1, 65536)
         check_range("d_depth", self.d_depth, 0, 64)
 
@@ -138,9 +130,9 @@ class AAE(Method):
                                               f"number of classes {K}")
         self.prior_dist = prior
         g_in = cfg.z_dim + (K if cfg.supervised else 0)
-        arch_cfg = types.SimpleNamespace(**{**dataclasses.asdict(cfg), "z_dim": g_in})
         enc_out = 2 * cfg.z_dim if cfg.encoder == "gaussian" else cfg.z_dim
-        E, G, arch = build_encoder_decoder(arch_cfg, info, enc_out)
+        arch = resolve_arch(cfg.arch, info, mlp_for_small_gray=True)
+        E, G = build_encoder_decoder(cfg.net_config(), info, enc_out, g_in, arch)
         self.nets["E"], self.nets["G"] = E, G
         self.nets["D"] = MLP(cfg.z_dim + (K if cfg.label_prior else 0), 1, cfg.d_hidden, cfg.d_depth)
         self.conv = arch == "conv"
@@ -208,11 +200,21 @@ class AAE(Method):
         h = self.net("E")(x).float()
         return h.chunk(2, dim=1)[0] if self.cfg.encoder == "gaussian" else h
 
-    def decode(self, w):
-        """w: codes [N, z_dim] or, supervised, [N, z_dim + K] with the one-hot label appended."""
-        if self.cfg.supervised and w.shape[1] == self.z_dim + self.info.num_classes:
-            return self.output(self.net("G")(w).float())
-        return self.output(self.generate(w, None, self.net("G")).float())
+    def decode_options(self) -> tuple:
+        if not self.cfg.supervised:
+            return ()
+        from ..api import DecodeOption
+
+        k = self.info.num_classes
+        return (DecodeOption("label", -1, f"class drawn (0..{k - 1}); -1: item i gets class i mod {k}", -1, k - 1),)
+
+    def decode(self, w, label: int = -1):
+        """w: codes [N, z_dim]; supervised, the class comes from ``label`` (-1: item i is drawn as
+        class i mod K)."""
+        y = None
+        if self.cfg.supervised and label >= 0:
+            y = torch.full((w.shape[0],), int(label), dtype=torch.long, device=w.device)
+        return self.output(self.generate(w, y, self.net("G")).float())
 
     @torch.no_grad()
     def reconstruct(self, x, y: torch.Tensor | None = None):
@@ -246,57 +248,6 @@ def enc_phase(m: AAE, batch: Batch, ctx: StepContext) -> dict:
     x, y = batch.x, m.labels(batch)
     fake = m.critic(m.code(x), y)
     return {"loss": nonsat_logistic(fake, True), "fake": fake.mean()}
-
-
-# ---- the paper's figure: codes over prior samples --------------------------------------------------
-def latent_scatter(model, dataset, out: str | Path, n: int = 2000, n_prior: int | None = None, seed: int = 0,
-                   title: str | None = None) -> Path:
-    """2-D scatter of codes E(x) of n real items, coloured by label, over prior samples in grey
-    (Makhzani et al. 2016, Figs. 2 and 4). Codes with more than two dimensions are shown in the
-    plane of the two principal axes of the prior samples (the same projection for both sets).
-    Uses only the inference surface (``encode``, ``prior``), so any method works. Returns the path.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .. import explore
-    from ..priors import energy_distance
-
-    batch = explore.load_real(model, dataset, n, seed)
-    codes = explore.encode(model, batch.x).double()  # [n, d]
-    with torch.no_grad():
-        zp = model.prior(n_prior or max(n, 2000), torch.Generator().manual_seed(seed + 1)).double().cpu()
-    d = codes.shape[1]
-    k = min(len(codes), len(zp), 1000)
-    ed = energy_distance(codes[:k], zp[:k])
-    if d == 1:
-        codes, zp = torch.cat([codes, torch.zeros_like(codes)], 1), torch.cat([zp, torch.zeros_like(zp)], 1)
-        axes_note = ""
-    elif d == 2:
-        axes_note = ""
-    else:
-        mean = zp.mean(0)
-        _, _, vt = torch.linalg.svd(zp - mean, full_matrices=False)
-        proj = vt[:2].T  # [d, 2]
-        codes, zp = (codes - mean) @ proj, (zp - mean) @ proj
-        axes_note = f" ({d}-D, prior's principal plane)"
-    fig, ax = plt.subplots(figsize=(6.4, 6), dpi=110)
-    ax.scatter(zp[:, 0], zp[:, 1], s=3, c="0.75", alpha=0.5, linewidths=0, label="prior samples")
-    if batch.y is not None:
-        k = int(batch.y.max()) + 1
-        sc = ax.scatter(codes[:, 0], codes[:, 1], s=5, c=batch.y.numpy(), cmap="tab10" if k <= 10 else "tab20",
-                        vmin=-0.5, vmax=k - 0.5, linewidths=0)
-        fig.colorbar(sc, ax=ax, label="label", ticks=range(k))
-    else:
-        ax.scatter(codes[:, 0], codes[:, 1], s=5, c="tab:blue", linewidths=0, label="codes E(x)")
-    ax.set_title(title or f"{model.name}: codes E(x) over prior samples{axes_note}\n"
-                          f"energy distance {ed:.3g}", fontsize=9)
-    ax.set_aspect("equal", adjustable="datalim")
-    from ..viz.grid import save_figure
-
-    return save_figure(fig, out)
 
 
 # ---- presets ------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ Decisions (methods.md asks for them):
   picture and metric goes through ``net()``, i.e. the EMA copies.
 - Truncation (ψ = ``truncation_psi`` 0.7 on the first ``truncation_cutoff`` = 8 style inputs,
   towards the mean w̄ of F_ema over 4,096 fixed z) is for display only: ``sample(n, seed)`` is
-  untruncated (metrics use it), ``sample(n, seed, psi=...)`` / ``display_samples`` truncate. w̄
+  untruncated (metrics use it), ``sample(n, seed, psi=...)`` and pictures (``display_options``) truncate. w̄
   is recomputed from F_ema when needed instead of kept as a running buffer (the official
   ``dlatent_avg``): no hidden state, the same value in every snapshot.
 
@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError, MethodConfig, add_preset, add_tiny, check, check_choice, check_range
+from ..config import ConfigError, MethodConfig, NetConfig, add_preset, add_tiny, check, check_choice, check_range
 from ..data.base import Batch, DataInfo
 from ..losses import nonsat_logistic, r1_penalty
 from ..nets.layers import EqMLP, downsample2x, upsample2x
@@ -90,19 +90,20 @@ DECODE_NOISE_SEED = 0  # frozen noise of decode(): the same picture for the same
 
 
 @dataclass
-class ALAEConfig(MethodConfig):
+class ALAEConfig(NetConfig, MethodConfig):
     lr: float = 0.002  # official: 0.002 (MNIST), 0.0015 at low resolutions (FFHQ)
     betas: tuple[float, float] = (0.0, 0.99)
     z_dim: int = 128
     w_dim: int | None = None  # None: z_dim
-    arch: str = "auto"  # auto: mlp for points and <= 28 px one-channel images, else style | mlp | style
+    # network options (arch, hidden, depth, base_channels, max_channels) from NetConfig; arch auto:
+    # mlp for points and <= 28 px one-channel images, else style
+    ARCHS = ("auto", "mlp", "style")
+    UNUSED = ("act", "norm")  # the MLP's slopes are e_slope / g_slope below; style nets use AdaIN
     value_range: str = "auto"  # auto: unit for mlp, tanh for style | unit | tanh
     # mlp (official MNIST)
     hidden: int = 1024
     depth: int = 2
-    # style networks
-    base_channels: int = 32  # feature maps at full resolution, doubling per halving
-    max_channels: int = 256
+    # style networks (base_channels, max_channels from NetConfig)
     noise: bool = True  # noise inputs of the generator
     style_mixing: float = 0.9  # probability of mixing two w in phases 1 and 2
     truncation_psi: float = 0.7  # display only
@@ -333,13 +334,46 @@ class ALAE(Method):
         lod, alpha = self.current_level()
         return self.net("E")(self.real_at(x, lod, alpha), lod, alpha).float()
 
-    def decode(self, w: torch.Tensor, noise=None) -> torch.Tensor:
-        """G_ema(w) at the data resolution; w [N, w_dim] or per-layer [N, L, w_dim]. The noise inputs
-        get a fixed draw (seed DECODE_NOISE_SEED) unless `noise` (a make_noise list) is given."""
+    latent_name = "w"
+
+    @property
+    def latent_dim(self) -> int:
+        return self.w_dim
+
+    def latent_space(self):
+        from ..api import LatentSpace
+
+        return LatentSpace("w", self.w_dim, "ALAE: w = F(z), z ~ N(0, I); E(x) lives in the same space")
+
+    def decode_options(self) -> tuple:
+        from ..api import DecodeOption
+
+        opts = [DecodeOption("psi", 1.0, "truncation towards the mean w of F (1: none; StyleGAN shows 0.7)",
+                             -2.0, 2.0)]
+        if self.arch == "style" and self.cfg.noise:
+            opts.append(DecodeOption("noise_seed", DECODE_NOISE_SEED, "seed of the generator's noise inputs", 0))
+        return tuple(opts)
+
+    def display_options(self) -> dict:
+        return {"psi": self.cfg.truncation_psi}
+
+    @torch.no_grad()
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """w = F_ema(z), z ~ N(0, I): the codes decode takes (not z: that is F's input). [n, w_dim]"""
+        z = torch.randn(n, self.cfg.z_dim, generator=generator).to(self.device())
+        return self.net("F")(z).float()
+
+    def decode(self, w: torch.Tensor, noise=None, psi: float = 1.0, noise_seed: int = DECODE_NOISE_SEED) -> torch.Tensor:
+        """G_ema(w) at the data resolution; w [N, w_dim] or per-layer [N, L, w_dim]. ``psi`` < 1
+        truncates the first ``truncation_cutoff`` styles towards w̄. The noise inputs get a fixed
+        draw (seed ``noise_seed``) unless ``noise`` (a make_noise list) is given."""
         lod, alpha = self.current_level()
         G = self.net("G")
+        if psi != 1.0:
+            ws = broadcast_styles(w, G.num_ws) if w.dim() == 2 else w
+            w = truncate(ws, self.w_avg(), float(psi), self.cfg.truncation_cutoff)
         if noise is None:
-            noise = G.make_noise(w.shape[0], lod, torch.Generator().manual_seed(DECODE_NOISE_SEED), w.device)
+            noise = G.make_noise(w.shape[0], lod, torch.Generator().manual_seed(int(noise_seed)), w.device)
         return self.to_full(self.generate(w, lod, alpha, G, noise).float())
 
     @torch.no_grad()
@@ -349,22 +383,17 @@ class ALAE(Method):
         return self.net("F")(z).float().mean(0)
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0, psi: float | None = None) -> torch.Tensor:
-        """G_ema(F_ema(z)), z and noise from a generator seeded by `seed`; untruncated unless psi is
-        given (metrics call it untruncated)."""
+    def sample(self, n: int, seed: int = 0, psi: float | None = None, noise_seed: int | None = None) -> torch.Tensor:
+        """G_ema(F_ema(z)), z and noise from a generator seeded by `seed` (or the noise from
+        ``noise_seed``); untruncated unless psi is given (metrics call it untruncated)."""
         g = torch.Generator().manual_seed(int(seed))
-        z = torch.randn(n, self.cfg.z_dim, generator=g).to(self.device())
-        ws = broadcast_styles(self.net("F")(z), self.nets["G"].num_ws)
+        ws = broadcast_styles(self.sample_latents(n, g), self.nets["G"].num_ws)
         if psi is not None and psi != 1.0:
             ws = truncate(ws, self.w_avg(), float(psi), self.cfg.truncation_cutoff)
         lod, _ = self.current_level()
-        noise = self.net("G").make_noise(n, lod, g, z.device)
+        ng = g if noise_seed is None else torch.Generator().manual_seed(int(noise_seed))
+        noise = self.net("G").make_noise(n, lod, ng, ws.device)
         return self.decode(ws, noise)
-
-    @torch.no_grad()
-    def display_samples(self, n: int, seed: int = 0) -> torch.Tensor:
-        """Samples with the configured truncation ψ (StyleGAN's display setting, 0.7)."""
-        return self.sample(n, seed, psi=self.cfg.truncation_psi)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

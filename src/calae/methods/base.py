@@ -3,8 +3,8 @@
 A method is an ``nn.Module`` holding its networks in ``self.nets`` (and EMA copies in
 ``self.ema``). Training mechanics (requires_grad, zero_grad, backward, step, EMA, autocast,
 intervals) belong to the loop in ``calae.training.loop``; a loss function only computes tensors.
-Every method exposes ``encode / decode / sample / reconstruct``; metrics, pictures and the CLI use
-nothing else.
+Every method exposes ``encode / decode / sample / reconstruct`` plus its latent space and decode
+options; ``calae.api`` wraps them, and metrics, pictures, the explorer and the CLI use only that.
 """
 from __future__ import annotations
 
@@ -119,8 +119,11 @@ class Method(nn.Module):
         """The network used for inference: its EMA copy when one exists."""
         return self.ema[name] if name in self.ema else self.nets[name]
 
-    # ---- inference surface -------------------------------------------------------------------
+    # ---- inference surface (calae.api wraps it; nothing else calls it) ------------------------
+    latent_name: str = "z"  # what decode takes: z for VAE-like methods and AAE, w for ALAE
+
     def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ p(z), the prior the method trains against. [n, z_dim]"""
         dev = next(self.parameters()).device
         z = torch.randn(n, self.z_dim, generator=generator)
         return z.to(dev)
@@ -129,16 +132,38 @@ class Method(nn.Module):
     def z_dim(self) -> int:
         return self.cfg.z_dim
 
+    @property
+    def latent_dim(self) -> int:
+        """Dimension of the codes ``encode`` returns and ``decode`` takes."""
+        return self.z_dim
+
+    def latent_space(self):
+        from ..api import LatentSpace
+
+        return LatentSpace(self.latent_name, self.latent_dim, f"{self.name}: prior samples z ~ N(0, I)")
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n codes in the space ``decode`` takes, drawn as in training (default: the prior)."""
+        return self.prior(n, generator)
+
+    def decode_options(self) -> tuple:
+        """The extra keyword options ``decode`` and ``sample`` take (``calae.api.DecodeOption``)."""
+        return ()
+
+    def display_options(self) -> dict:
+        """Options for pictures (sample grids); metrics never use them."""
+        return {}
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def decode(self, w: torch.Tensor) -> torch.Tensor:
+    def decode(self, w: torch.Tensor, **options) -> torch.Tensor:
         raise NotImplementedError
 
     @torch.no_grad()
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+    def sample(self, n: int, seed: int = 0, **options) -> torch.Tensor:
         g = torch.Generator().manual_seed(int(seed))
-        return self.decode(self.prior(n, g))
+        return self.decode(self.sample_latents(n, g), **options)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -415,11 +415,11 @@ for _toy, (_kl, _rec, _neg) in _TOY_BETAS.items():
     _b = {"beta_kl": _kl, "beta_rec": _rec, "beta_neg": _neg}
     add_preset(f"soft-intro-vae-{_toy}", "soft_intro_vae",
                f"Soft-IntroVAE on the {_toy} toy, the paper's betas (kl {_kl}, rec {_rec}, neg {_neg})",
-               train={"data": f"toy:{_toy}", **_TOY_TRAIN}, model={**_TOY_MODEL, **_b})
+               train={"data": f"toy:{_toy}", **_TOY_TRAIN}, model={**_TOY_MODEL, **_b}, default_for_data=True)
     add_preset(f"as-intro-vae-{_toy}", "as_intro_vae",
                f"AS-IntroVAE on the {_toy} toy, Soft-IntroVAE's betas, EMA 0.999/step",
                train={"data": f"toy:{_toy}", **_TOY_TRAIN},
-               model={**_TOY_MODEL, **_b, "ema_kimg": round(ema_kimg_for(0.999, 512), 2)})
+               model={**_TOY_MODEL, **_b, "ema_kimg": round(ema_kimg_for(0.999, 512), 2)}, default_for_data=True)
 
 add_preset("soft-intro-vae-digits", "soft_intro_vae", "Soft-IntroVAE on scikit-learn digits at 16 px (CPU minutes)",
            train={"data": "digits", "resolution": 16, "batch_size": 64, "kimg": 60, "log_every_kimg": 1},
@@ -428,14 +428,16 @@ add_preset("as-intro-vae-digits", "as_intro_vae", "AS-IntroVAE on scikit-learn d
            train={"data": "digits", "resolution": 16, "batch_size": 64, "kimg": 60, "log_every_kimg": 1},
            model={"z_dim": 16, "base_channels": 16, "max_channels": 64, "lr": 1e-3, "beta_neg": 64.0,
                   "ema_kimg": 2.0})
-# MNIST (official README): z 32, batch 128, β_kl = β_rec = 1, β_neg 256, lr 2e-4, 200 epochs.
+# MNIST (official README): z 32, batch 128, β_kl = β_rec = 1, β_neg 256, lr 2e-4, 200 epochs, images in
+# [0, 1] (ToTensor, MSE, linear output: in [-1, 1] every reconstruction term would be 4x the official one).
 add_preset("soft-intro-vae-mnist", "soft_intro_vae", "Soft-IntroVAE on MNIST, the official settings (use --data mnist:DIR)",
            train={"data": "mnist:data/mnist", "resolution": 28, "batch_size": 128, "kimg": 12000},
-           model={"z_dim": 32, "base_channels": 64, "max_channels": 128, "lr": 2e-4, "beta_neg": 256.0})
+           model={"z_dim": 32, "base_channels": 64, "max_channels": 128, "lr": 2e-4, "beta_neg": 256.0,
+                  "value_range": "unit"})
 add_preset("as-intro-vae-mnist", "as_intro_vae", "AS-IntroVAE on MNIST (use --data mnist:DIR)",
            train={"data": "mnist:data/mnist", "resolution": 28, "batch_size": 128, "kimg": 12000},
            model={"z_dim": 32, "base_channels": 64, "max_channels": 128, "lr": 2e-4, "beta_neg": 256.0,
-                  "ema_kimg": round(ema_kimg_for(0.999, 128), 2)})
+                  "value_range": "unit", "ema_kimg": round(ema_kimg_for(0.999, 128), 2)})
 # Fractals at 64 px: β_neg 256 keeps KL(fake) − KL(real) clearly positive (CPU trial: 6 kimg, batch 16,
 # lr 5e-4, 2 kimg warm-up: gap settles near +100 nats).
 add_preset("soft-intro-vae-fractals", "soft_intro_vae", "Soft-IntroVAE on 64 px fractals",
@@ -448,12 +450,13 @@ add_preset("as-intro-vae-fractals", "as_intro_vae", "AS-IntroVAE on 64 px fracta
                   "warmup_kimg": 4.0, "ema_kimg": round(ema_kimg_for(0.999, 32), 2)})
 # Seed 003: 256 px fantasy places, 80 images, batch 6, z 256, β_kl 1, β_rec 0.5, lr 2e-4, β_neg tuned by
 # hand in 4..256: here the adaptive schedule over that range, starting at the stable end, with
-# translation+colour DiffAugment for the tiny set and the decoder EMA at 0.999/step.
+# translation+colour DiffAugment for the tiny set and the decoder EMA at 0.999/step; images in [0, 1] as the
+# official code trains them (the β's were tuned against that scale).
 add_preset("fantasy-256", "as_intro_vae", "AS-IntroVAE on a folder of 256 px images (seed 003; use --data DIR)",
            train={"data": "data/fantasy", "resolution": 256, "batch_size": 6, "kimg": 60, "log_every_kimg": 0.6,
                   "sample_every_kimg": 3, "snapshot_every_kimg": 3},
            model={"z_dim": 256, "beta_kl": 1.0, "beta_rec": 0.5, "beta_neg": 256.0, "lr": 2e-4,
-                  "base_channels": 32, "max_channels": 512, "beta_neg_schedule": "adaptive",
+                  "value_range": "unit", "base_channels": 32, "max_channels": 512, "beta_neg_schedule": "adaptive",
                   "beta_neg_range": (4.0, 256.0), "augment": "translation,color",
                   "ema_kimg": round(ema_kimg_for(0.999, 6), 2)})
 

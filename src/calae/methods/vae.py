@@ -10,31 +10,30 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import MethodConfig, add_preset, add_tiny, check_choice, check_range
+from ..config import MethodConfig, NetConfig, add_preset, add_tiny, check, check_choice, check_range
 from ..data.base import Batch, DataInfo
 from ..losses import kl_normal, recon_loss, reparameterize
 from ..nets import MLP, ConvDecoder, ConvEncoder
-from ..nets.conv import check_norm
 from ..registry import METHODS, register
 from .base import Method, OptimizerSpec, Phase, StepContext
 
 
 @dataclass
-class VAEConfig(MethodConfig):
+class VAEConfig(NetConfig, MethodConfig):
+    """Network options (arch, hidden, depth, act, base_channels, max_channels, norm) come from
+    NetConfig; arch auto: mlp for points, conv for images."""
+
     z_dim: int = 64
     beta_rec: float = 1.0
     beta_kl: float = 1.0
-    recon: str = "mse"  # mse (images in [-1, 1]) | bce (images in [0, 1], decoder emits logits)
-    arch: str = "auto"  # auto: mlp for points, conv for images | conv | mlp
-    base_channels: int = 32
-    max_channels: int = 256
-    hidden: int = 256  # mlp width
-    depth: int = 3  # mlp hidden layers (Linear + activation each, then a linear output layer)
-    act: str = "lrelu"  # mlp hidden activation: lrelu (slope 0.2) | relu (official Soft-IntroVAE 2-D nets)
-    # Residual-block normalisation: group (per image: training and inference agree at any batch
-    # size; with lr 2e-4 it is what lets the colour VAE learn chroma on fractals, see nets.conv),
-    # batch (the official Soft-IntroVAE's; train/eval differ at small batches) or none.
-    norm: str = "group"
+    recon: str = "mse"  # mse (linear output) | bce (images in [0, 1], decoder emits logits)
+    # Images' range in the model: auto (unit under bce, tanh under mse) | unit [0, 1] | tanh [-1, 1].
+    # The squared error of an image is 4x larger in [-1, 1] than in [0, 1], so the range sets the
+    # balance of β_rec·L_r against the KL (and Soft-IntroVAE's β_neg) terms: the official
+    # Soft-IntroVAE trains MSE in [0, 1] (ToTensor, linear output).
+    value_range: str = "auto"
+
+    ARCHS = ("auto", "conv", "mlp")
 
     def __post_init__(self):
         super().__post_init__()
@@ -42,26 +41,41 @@ class VAEConfig(MethodConfig):
         check_range("beta_rec", self.beta_rec, 0, lo_open=True)
         check_range("beta_kl", self.beta_kl, 0)
         check_choice("recon", self.recon, ("mse", "bce"))
-        check_choice("arch", self.arch, ("auto", "conv", "mlp"))
-        check_choice("act", self.act, ("lrelu", "relu"))
-        check_range("base_channels", self.base_channels, 1, 1024)
-        self.norm = check_norm(self.norm)
+        check_choice("value_range", self.value_range, ("auto", "unit", "tanh"))
+        check(not (self.recon == "bce" and self.value_range == "tanh"),
+              "recon=bce needs images in [0, 1]: value_range must be auto or unit; got 'tanh'")
 
 
-def build_encoder_decoder(cfg, info: DataInfo, enc_out: int):
-    """E: data -> enc_out, G: z -> data, chosen by cfg.arch from the dataset's description."""
-    arch = cfg.arch
-    if arch == "auto":
-        arch = "mlp" if info.kind == "points" else "conv"
+def resolve_arch(arch: str, info: DataInfo, mlp_for_small_gray: bool = False) -> str:
+    """``arch=auto`` chosen from the data: mlp for points, conv for images; with
+    ``mlp_for_small_gray`` also mlp for one-channel images of at most 28 px (MNIST-like, as ALAE's
+    and the AAE paper's MNIST setups)."""
+    if arch != "auto":
+        return arch
+    if info.kind == "points" or (mlp_for_small_gray and info.channels == 1 and info.resolution <= 28):
+        return "mlp"
+    return "conv"
+
+
+def build_encoder_decoder(net: NetConfig, info: DataInfo, enc_out: int, dec_in: int, arch: str):
+    """E: data -> enc_out, G: dec_in -> data, for a resolved ``arch`` (mlp | conv) from the network
+    options and the dataset's description."""
     if arch == "conv":
         if info.kind != "image":
             raise ValueError("arch=conv needs image data; use arch=mlp for points")
-        E = ConvEncoder(info.channels, info.resolution, enc_out, cfg.base_channels, cfg.max_channels, cfg.norm)
-        G = ConvDecoder(info.channels, info.resolution, cfg.z_dim, cfg.base_channels, cfg.max_channels, cfg.norm)
+        E = ConvEncoder(info.channels, info.resolution, enc_out, net.base_channels, net.max_channels, net.norm)
+        G = ConvDecoder(info.channels, info.resolution, dec_in, net.base_channels, net.max_channels, net.norm)
     else:
-        E = MLP(info.numel, enc_out, cfg.hidden, cfg.depth, cfg.act)
-        G = _Unflatten(MLP(cfg.z_dim, info.numel, cfg.hidden, cfg.depth, cfg.act), info.shape)
-    return E, G, arch
+        E = MLP(info.numel, enc_out, net.hidden, net.depth, net.act)
+        G = _Unflatten(MLP(dec_in, info.numel, net.hidden, net.depth, net.act), info.shape)
+    return E, G
+
+
+def resolve_value_range(cfg) -> str:
+    """``value_range=auto``: unit [0, 1] under BCE (its targets are probabilities), else tanh [-1, 1]."""
+    if cfg.value_range != "auto":
+        return cfg.value_range
+    return "unit" if cfg.recon == "bce" else "tanh"
 
 
 class _Unflatten(torch.nn.Module):
@@ -78,10 +92,11 @@ class VAEBase(Method):
 
     def __init__(self, cfg, info: DataInfo):
         super().__init__(cfg, info)
-        E, G, arch = build_encoder_decoder(cfg, info, 2 * cfg.z_dim)
+        arch = resolve_arch(cfg.arch, info)
+        E, G = build_encoder_decoder(cfg.net_config(), info, 2 * cfg.z_dim, cfg.z_dim, arch)
         self.nets["E"], self.nets["G"] = E, G
         self.conv = arch == "conv"
-        self.value_range = "unit" if cfg.recon == "bce" else "tanh"
+        self.value_range = resolve_value_range(cfg)
 
     def posterior(self, x: torch.Tensor, E: torch.nn.Module | None = None):
         mu, logvar = (E or self.nets["E"])(x).float().chunk(2, dim=1)  # [N, z] each

@@ -18,7 +18,8 @@ and :func:`evaluate` / :func:`default_metrics` to run several.
 """
 from __future__ import annotations
 
-from .base import MetricError, eval_mode
+from ..api import inference as eval_mode
+from .base import MetricError
 from .features import ClassifierFeatures, RandConvFeatures
 from .frechet import frechet_distance, frechet_distance_from_stats, gaussian_stats
 from .inception import InceptionFeatures, InceptionV3

@@ -1,14 +1,11 @@
-"""Shared plumbing for the registered metrics: the error type, eval mode, and batched access to the
-model surface (``sample``, ``encode``, ``reconstruct``) and to the dataset.
+"""Shared plumbing for the registered metrics: the error type and batched access to the model
+through ``calae.api`` (``sample_tensor``, ``encode``, ``reconstruct_tensor``) and to the dataset.
 
 Everything here is deterministic given a seed: real items are a seeded permutation of the dataset,
 fake items come from ``model.sample(n, seed)`` called in chunks with seeds derived from the
 evaluation seed (so the fake set depends on ``(seed, batch_size)``).
 """
 from __future__ import annotations
-
-import contextlib
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -25,26 +22,6 @@ class MetricError(ValueError):
 
 # ------------------------------------------------------------------------------------------------
 # Modes and devices
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module | None) -> Iterator[None]:
-    """Put every module (and every submodule) in eval mode, then restore each one's own flag.
-
-    Restoring per submodule (not ``model.train(prev)``) keeps deliberately frozen submodules frozen.
-    Known trap (Soft-IntroVAE's FID code): a feature network left in training mode changes FID.
-    """
-    saved = []
-    for m in modules:
-        if m is None:
-            continue
-        saved.extend((sub, sub.training) for sub in m.modules())
-        m.eval()
-    try:
-        yield
-    finally:
-        for sub, flag in saved:
-            sub.training = flag
 
 
 def model_device(model: nn.Module, device: torch.device | str | None = None) -> torch.device:
@@ -100,34 +77,31 @@ def to_unit(x: torch.Tensor, value_range: str) -> torch.Tensor:
     return x.clamp(0.0, 1.0)
 
 
-def _first(out):
-    # Some encoders return (mu, logvar); the code used for probes is the first entry (the mean).
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
 def sample_model(model, n: int, seed: int, batch_size: int, device: torch.device) -> torch.Tensor:
-    """n samples from ``model.sample`` in chunks of batch_size, on the CPU, in the model range."""
+    """n samples (``calae.api``'s ``sample_tensor``, untruncated) in chunks of batch_size, on the CPU,
+    in the model range."""
+    from ..api import Model
+
+    mdl = model if isinstance(model, Model) else Model(model)
     out = []
     for i, s in enumerate(range(0, int(n), int(batch_size))):
-        m = min(int(batch_size), int(n) - s)
-        x = model.sample(m, seed=chunk_seed(seed, i))
-        out.append(x.detach().float().cpu())
+        out.append(mdl.sample_tensor(min(int(batch_size), int(n) - s), seed=chunk_seed(seed, i)))
     return torch.cat(out)
 
 
 def encode_all(model, x: torch.Tensor, value_range: str, batch_size: int, device: torch.device) -> torch.Tensor:
     """Codes [N, d] of stored items x (uint8 images or float points), as float32 on the CPU."""
-    out = []
-    for s in range(0, x.shape[0], batch_size):
-        xb = to_model_range(x[s : s + batch_size].to(device), value_range)
-        out.append(_first(model.encode(xb)).detach().float().reshape(xb.shape[0], -1).cpu())
-    return torch.cat(out)
+    from ..api import Model
+
+    mdl = model if isinstance(model, Model) else Model(model)
+    return torch.cat([mdl.encode(x[s:s + batch_size]).reshape(min(batch_size, x.shape[0] - s), -1)
+                      for s in range(0, x.shape[0], batch_size)])
 
 
 def reconstruct_all(model, x: torch.Tensor, value_range: str, batch_size: int, device: torch.device) -> torch.Tensor:
     """Reconstructions of stored items x, in the model range, float32 on the CPU."""
-    out = []
-    for s in range(0, x.shape[0], batch_size):
-        xb = to_model_range(x[s : s + batch_size].to(device), value_range)
-        out.append(model.reconstruct(xb).detach().float().cpu())
-    return torch.cat(out)
+    from ..api import Model
+
+    mdl = model if isinstance(model, Model) else Model(model)
+    return torch.cat([mdl.reconstruct_tensor(mdl.to_model(x[s:s + batch_size]))
+                      for s in range(0, x.shape[0], batch_size)])

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import math
 import os
 import weakref
@@ -30,7 +29,8 @@ import torch
 
 from ..data.base import DataInfo, Dataset, to_model_range
 from ..registry import METRICS, register
-from .base import (MetricError, encode_all, eval_mode, gather, model_device, real_indices, reconstruct_all,
+from ..api import inference as eval_mode
+from .base import (MetricError, encode_all, gather, model_device, real_indices, reconstruct_all,
                    sample_model, to_uint8_images, to_unit)
 from .features import ClassifierFeatures, RandConvFeatures
 from .frechet import frechet_distance
@@ -401,17 +401,15 @@ def toy_hist(ctx: Context) -> dict[str, float]:
 @metric("toy_elbo", kinds=("points",), default_n=12_800)
 def toy_elbo(ctx: Context) -> dict[str, float]:
     """Soft-IntroVAE's grid-normalised ELBO (lower is better); needs model.elbo(x) -> [N] ELBO,
-    -(||x - G(mu)||^2 + KL) per point; if elbo accepts beta_rec / beta_kl keywords, both are 1."""
+    -(||x - G(mu)||^2 + KL) per point, called with beta_rec = beta_kl = 1."""
     elbo = getattr(ctx.model, "elbo", None)
     if not callable(elbo):
         raise MetricError(f"toy_elbo needs model.elbo(x) -> [N] per-point ELBO; {type(ctx.model).__name__} has none")
     real = ctx.real()[0].float()
     r = _toy_square(ctx, real)
-    # The official evaluation uses unit weights (beta_rec = beta_kl = 1) whatever the training betas;
-    # an elbo() that takes those weights as keywords gets them.
-    params = inspect.signature(elbo).parameters
-    unit = {k: 1.0 for k in ("beta_rec", "beta_kl") if k in params}
-    fn = lambda p: elbo(p.to(ctx.device), **unit)  # noqa: E731
+    # The official evaluation uses unit weights (beta_rec = beta_kl = 1) whatever the training betas:
+    # the contract of elbo(x, beta_rec, beta_kl) (VAEBase.elbo).
+    fn = lambda p: elbo(p.to(ctx.device), beta_rec=1.0, beta_kl=1.0)  # noqa: E731
     return {"gnelbo": grid_normalized_elbo(fn, real, r, n_pts=int(ctx.opts.get("grid_pts", 1024)),
                                            batch_size=max(ctx.batch_size, 4096))}
 

@@ -31,16 +31,6 @@ def norm_name(norm: bool | str | None) -> str:
     return norm
 
 
-def check_norm(norm) -> str:
-    """norm_name for configs: a bad value is a ConfigError naming the option."""
-    from ..config import ConfigError
-
-    try:
-        return norm_name(norm)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-
-
 def norm_layer(norm: str, channels: int) -> nn.Module:
     if norm == "group":
         return nn.GroupNorm(math.gcd(8, channels), channels)

@@ -147,6 +147,25 @@ def gather_rng_states() -> list[torch.Tensor] | None:
     return [g.cpu() for g in got]
 
 
+def all_mean(values: list[float]) -> list[float]:
+    """Average scalars over ranks (float64, in one call); returns them unchanged in one process."""
+    _, n = world()
+    if n == 1 or not values:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return (t / n).cpu().tolist()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on any (a decision all ranks must take together)."""
+    if world()[1] == 1:
+        return bool(flag)
+    return all_mean([1.0 if flag else 0.0])[0] > 0
+
+
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .. import explore
+from ..api import inference
 from ..config import ConfigError, TrainConfig, from_dict, to_dict
 from ..data import open_dataset
 from ..data.base import Batch, DataInfo, to_model_range
@@ -28,6 +29,7 @@ from ..registry import METHODS, load_all
 from ..viz.grid import save_gif, save_image
 from . import distributed as dist
 from .checkpoint import atomic_write_text, load_state, save_snapshot, save_state
+from .precision import resolve_precision
 from .stats import StatsWriter, read_stats
 from .stream import BatchStream
 
@@ -47,24 +49,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is visible; use --device cpu or auto")
     return torch.device(name)
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AMX tiles or AVX-512 BF16: where bf16 matmuls/convolutions beat fp32 (≈7x with AMX)."""
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    avx = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-    return bool(amx or avx)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. `auto` picks bf16 only where it is fast."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
 def lr_scale(kimg: float, milestones: tuple[float, ...], decay: float) -> float:
@@ -106,7 +90,9 @@ class Trainer:
         self.progress = progress and self.main
         self.pictures = pictures
         self.log = (log or (lambda s: print(s, file=sys.stderr))) if self.main else (lambda s: None)
-        self.amp = resolve_precision(train.precision, self.device)
+        self.amp, why = resolve_precision(train.precision, self.device)
+        # logged when work starts (run, dry_run), so a bad option's one-line error stands alone
+        self.precision_note = f"precision: {'bf16' if self.amp is not None else 'fp32'} ({why})"
         if train.threads > 0:
             torch.set_num_threads(train.threads)
 
@@ -254,6 +240,9 @@ class Trainer:
         for ph in self.phases:
             if self.due(ph, ctx):
                 self.run_phase(ph, batch, ctx)
+        if self.world > 1:  # every rank's schedules and gates see (and rank 0 logs) the mean over ranks
+            keys = sorted(ctx.logged)  # the same on every rank: a skip is decided by all ranks together
+            ctx.logged = dict(zip(keys, dist.all_mean([ctx.logged[k] for k in keys])))
         with torch.no_grad():
             self.method.on_step_end(ctx)
         return ctx
@@ -298,9 +287,10 @@ class Trainer:
         tag = f"{int(round(kimg * 1000)):09d}"
         if self.dataset.info.kind != "image":
             return
-        grid = explore.sample_grid(self.method, 64, seed=self.cfg.seed)
+        with inference(self.method):
+            grid = explore.sample_grid(self.method, 64, seed=self.cfg.seed)
+            rec = explore.recon_grid(self.method, self._fixed_real)
         save_image(grid, self.out / "samples" / f"fakes{tag}.png")
-        rec = explore.recon_grid(self.method, self._fixed_real)
         save_image(rec, self.out / "samples" / f"reals{tag}.png")
         if not self.counters["frames"] or self.counters["frames"][-1] != tag:
             self.counters["frames"].append(tag)
@@ -339,6 +329,7 @@ class Trainer:
         """Print the config and a parameter table, run one step of each phase, write nothing."""
         self.log(json.dumps(self.resolved, indent=2))
         self.log(parameter_table(self.method))
+        self.log(self.precision_note)
         if self.cfg.init_from:
             self.log(self._init_from())
         batch = self.batch()
@@ -359,6 +350,7 @@ class Trainer:
         init_msg = (self._init_from() if self.cfg.init_from and (self.force or not (self.out / "state.safetensors").exists())
                     else None)
         resumed = self._prepare_folder()
+        self.log(self.precision_note)
         if resumed:
             self._resume()  # the resumed state holds the initialised-then-trained weights
         elif init_msg:
@@ -394,7 +386,7 @@ class Trainer:
             while c["step"] < self.total_steps:
                 if stop_at_step is not None and c["step"] >= stop_at_step:
                     break
-                if time_limit_s is not None and c["time_s"] >= time_limit_s:
+                if time_limit_s is not None and dist.any_rank(c["time_s"] >= time_limit_s):  # ranks stop together
                     stop_at_step = c["step"]
                     break
                 t0 = time.perf_counter()
