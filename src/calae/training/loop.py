@@ -9,10 +9,10 @@ pictures and checkpoint at intervals counted in images seen.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,8 +28,9 @@ from ..methods.base import Phase, StepContext
 from ..registry import METHODS, load_all
 from ..viz.grid import save_gif, save_image
 from . import distributed as dist
-from .checkpoint import atomic_write_text, load_state, save_snapshot, save_state
+from .checkpoint import CheckpointError, atomic_write_text, load_snapshot, load_state, save_snapshot, save_state
 from .precision import resolve_precision
+from .runlock import LOCK_NAME, RunLock, clean_orphans
 from .stats import StatsWriter, read_stats
 from .stream import BatchStream
 
@@ -39,8 +40,27 @@ SCHEDULE_KEYS = {"kimg", "epochs", "log_every_kimg", "sample_every_kimg", "snaps
                  "lr_decay_kimg", "lr_decay"}
 
 
+# Files that make a folder a run (with or without a readable config.json): never overwritten unasked.
+RUN_FILES = ("state.safetensors", "snapshot.safetensors", "stats.jsonl")
+
+
 class TrainingDiverged(RuntimeError):
     pass
+
+
+def _read_config(path: Path) -> tuple[dict | None, str]:
+    """(config.json's object, "") or (None, why it cannot be used)."""
+    if not os.path.lexists(path):
+        return None, "is missing"
+    if not path.is_file():
+        return None, "is not a regular file"
+    try:
+        old = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError):
+        return None, "is not valid JSON"
+    if not isinstance(old, dict):
+        return None, f"holds a JSON {type(old).__name__}, not an object"
+    return old, ""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -126,33 +146,78 @@ class Trainer:
 
     # ---- run folder ----------------------------------------------------------------------------
     def _prepare_folder(self) -> bool:
-        """Create or check the run folder; returns True when resuming."""
-        out = self.out
-        cfg_path = out / "config.json"
-        if cfg_path.exists():
+        """Lock, check and create the run folder; returns True when resuming. Rank 0 decides (it
+        is the only writer and holds the folder's lock); every rank learns the outcome."""
+        err, resume = None, False
+        if self.main:
             try:
-                old = json.loads(cfg_path.read_text())
-            except json.JSONDecodeError:
-                raise ConfigError(f"{cfg_path} is not valid JSON; remove it or use --force to start over") from None
+                resume = self._open_folder()
+            except Exception as e:  # every rank must hear about it, or the others wait forever
+                err = e
+        if dist.any_rank(err is not None):
+            raise err if err is not None else ConfigError(f"{self.out}: rank 0 refused the run folder (see its error)")
+        return dist.any_rank(resume)
+
+    def _open_folder(self) -> bool:
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out} is a file, not a run folder; give the path of a folder (new or a run)")
+        out.mkdir(parents=True, exist_ok=True)
+        self._lock = RunLock(out).acquire()
+        removed = clean_orphans(out)
+        if removed:
+            self.log(f"removed {len(removed)} temporary file(s) left by an interrupted writer in {out}")
+        cfg_path = out / "config.json"
+        have = [n for n in RUN_FILES if os.path.lexists(out / n)]
+        old, why = _read_config(cfg_path)
+        if old is None and (have or why != "is missing"):
+            # run files whose config cannot be read: a run we cannot check against, never overwritten
+            if not self.force:
+                raise ConfigError(f"{out} holds a run ({', '.join(have) or 'config.json'}) but no readable config.json "
+                                  f"(it {why}), so this config cannot be checked against it; use another --out, or "
+                                  f"pass --force to start over (the old files are moved to {out}.previous-N)")
+            self._move_aside()
+        elif old is not None:
             diff = _config_diff(old, self.resolved)
             if diff and not self.force:
                 raise ConfigError(f"{out} holds a run with a different config ({', '.join(diff[:6])}); "
                                   "use another --out or pass --force to start over (the old run is kept aside)")
             if self.force:
-                if self.main:
-                    k = 1
-                    while Path(f"{out}.previous-{k}").exists():
-                        k += 1
-                    shutil.move(str(out), f"{out}.previous-{k}")
-                    self.log(f"--force: moved the previous run to {out}.previous-{k}")
-                dist.barrier()
-            elif (out / "state.safetensors").exists():
+                self._move_aside()
+            elif (out / "state.safetensors").is_file():
                 return True
-        if self.main:
-            (out / "samples").mkdir(parents=True, exist_ok=True)
-            atomic_write_text(cfg_path, json.dumps(self.resolved, indent=2))
-        dist.barrier()
+            elif "snapshot.safetensors" in have or "state.safetensors" in have:
+                raise ConfigError(f"{out} holds a run whose state.safetensors is missing (it has "
+                                  f"{', '.join(have)}), so it cannot be resumed; restore the file, or pass --force to "
+                                  f"start over (the old files are moved to {out}.previous-N)")
+            elif "stats.jsonl" in have:  # killed before its first checkpoint: nothing to resume
+                (out / "stats.jsonl").unlink()
+                self.log(f"{out} has no checkpoint yet: starting over")
+        (out / "samples").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cfg_path, json.dumps(self.resolved, indent=2))
         return False
+
+    def _move_aside(self) -> None:
+        """--force: move everything in the folder but its lock to OUT.previous-N (the lock is held
+        throughout, so no other writer can slip in)."""
+        out = self.out
+        entries = [e for e in os.listdir(out) if e != LOCK_NAME]
+        if not entries:
+            return
+        k = 1
+        while os.path.lexists(f"{out}.previous-{k}"):
+            k += 1
+        prev = Path(f"{out}.previous-{k}")
+        prev.mkdir()
+        for e in entries:
+            os.rename(out / e, prev / e)
+        self.log(f"--force: moved the previous run to {prev}")
+
+    def _release_folder(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.release()
+            self._lock = None
 
     def _init_from(self) -> str:
         """Start from another run's networks (``init_from``); a fresh run only, never on resume."""
@@ -162,15 +227,40 @@ class Trainer:
 
     def _resume(self) -> None:
         self.counters = load_state(self.out / "state.safetensors", self.method, self.optimizers)
+        self._checkpoint_kimg = self.counters["kimg"]
         self.log(f"resuming {self.out} at {self.counters['kimg']:.2f} kimg (step {self.counters['step']})")
+        if self.counters["step"] >= self.total_steps and self.main:
+            # a finished run: nothing will rewrite its snapshot, so check that it is intact
+            try:
+                load_snapshot(self.out / "snapshot.safetensors")
+            except CheckpointError as e:
+                save_snapshot(self.method, self.out / "snapshot.safetensors", self.resolved["train"],
+                              {"kimg": self.counters["kimg"], "step": self.counters["step"]})
+                self.log(f"the snapshot was damaged ({e}); rewritten from state.safetensors")
 
     def _checkpoint(self) -> None:
         rng = dist.gather_rng_states()  # every rank calls it: each resumes its own random stream
         if not self.main:
             return
+        bad = [k for k, v in self.method.state_dict().items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        if bad:  # never replace a good checkpoint with broken weights
+            raise TrainingDiverged(f"training diverged: non-finite weights ({bad[0]}) at {self.counters['kimg']:.2f} "
+                                   f"kimg; {self._last_checkpoint_note()}; {self._divergence_advice()}")
         save_state(self.out / "state.safetensors", self.method, self.optimizers, self.counters, rng)
         save_snapshot(self.method, self.out / "snapshot.safetensors", self.resolved["train"],
                       {"kimg": self.counters["kimg"], "step": self.counters["step"]})
+        self._checkpoint_kimg = self.counters["kimg"]
+
+    def _last_checkpoint_note(self) -> str:
+        k = getattr(self, "_checkpoint_kimg", None)
+        if k is None:
+            return f"no checkpoint was written yet in {self.out}"
+        return f"the last good checkpoint in {self.out} (at {k:.2f} kimg) is intact"
+
+    def _divergence_advice(self) -> str:
+        fp32 = "" if self.amp is None else " or train in fp32 (--precision fp32)"
+        return (f"to lower the learning rate, start a new run from this one's networks (--out NEW --init-from "
+                f"{self.out} --lr SMALLER){fp32}")
 
     # ---- mechanics -----------------------------------------------------------------------------
     def prepare(self, b: Batch) -> Batch:
@@ -345,7 +435,19 @@ class Trainer:
 
     def run(self, stop_at_step: int | None = None, time_limit_s: float | None = None) -> dict:
         """Train to the budget (or stop early at a step / after a training-time limit, with a
-        checkpoint, as benchmarks and tests do). Returns counts and timings."""
+        checkpoint, as benchmarks and tests do). Returns counts and timings. The run folder is
+        locked (one writer) until it returns."""
+        try:
+            return self._run(stop_at_step, time_limit_s)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            raise CheckpointError(f"no space left on the disk of {self.out}; {self._last_checkpoint_note()}; free "
+                                  "space and rerun the same command to resume") from None
+        finally:
+            self._release_folder()
+
+    def _run(self, stop_at_step: int | None, time_limit_s: float | None) -> dict:
         # init_from before the folder is touched: a bad source or a shape mismatch writes nothing
         init_msg = (self._init_from() if self.cfg.init_from and (self.force or not (self.out / "state.safetensors").exists())
                     else None)
@@ -407,8 +509,8 @@ class Trainer:
                     if bad_streak >= cfg.max_bad_steps:
                         raise TrainingDiverged(
                             f"training diverged: {bad_streak} consecutive steps with non-finite losses or "
-                            f"gradients at {c['kimg']:.2f} kimg; the last good checkpoint in {self.out} is "
-                            "intact; lower the learning rate (--set lr=...) or use --precision fp32")
+                            f"gradients at {c['kimg']:.2f} kimg; {self._last_checkpoint_note()}; "
+                            f"{self._divergence_advice()}")
                 dist.sync_buffers(self.method.nets)  # BatchNorm statistics agree before EMA copies them
                 self._update_ema()
                 c["step"] += 1
