@@ -163,3 +163,144 @@ def test_divergence_message_is_true(tmp_path):
     msg = str(e.value)
     assert "no checkpoint was written yet" in msg and "last good" not in msg
     assert "--precision fp32" not in msg and "--init-from" in msg and "--set lr" not in msg
+
+
+# ---- 3. checked checkpoints ------------------------------------------------------------------
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from calae.training import load_snapshot  # noqa: E402
+from calae.training.checkpoint import digest  # noqa: E402
+
+
+def _rewrite(path, meta_fn=None, tensors_fn=None, rehash=True):
+    """Rewrite a checkpoint with changed metadata / tensors; ``rehash`` keeps its content hash
+    consistent (a hostile file, not a damaged one)."""
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    tensors = load_file(str(path))
+    if tensors_fn:
+        tensors = tensors_fn(tensors)
+    if meta_fn:
+        meta = meta_fn(meta)
+    if rehash and "sha256" in meta:
+        meta["sha256"] = digest(tensors)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _flip_bytes(path, n):
+    raw = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(raw[:8], "little")
+    for i in range(n):
+        j = header + (i * 7919) % (len(raw) - header)
+        raw[j] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_flipped_bytes_in_a_snapshot_are_detected(run, tmp_path, capsys):
+    _flip_bytes(run / "snapshot.safetensors", 2000)
+    with pytest.raises(CheckpointError, match="content hash"):
+        load_snapshot(run)
+    assert main(["sample", str(run), "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "damaged" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_non_finite_weights_are_refused(run):
+    def poison(t):
+        k = next(k for k in t if k.startswith("nets.G.") and t[k].is_floating_point())
+        t[k] = t[k].clone()
+        t[k].view(-1)[0] = float("nan")
+        return t
+
+    _rewrite(run / "snapshot.safetensors", tensors_fn=poison)
+    with pytest.raises(CheckpointError, match="NaN or infinite") as e:
+        load_snapshot(run)
+    assert "\n" not in str(e.value)
+
+
+def test_eval_json_is_valid_json_with_null_for_non_finite(run, capsys, monkeypatch):
+    import calae.metrics
+
+    monkeypatch.setattr(calae.metrics, "evaluate", lambda *a, **k: {"recon/mse": float("nan"), "recon/psnr": 3.5,
+                                                                     "x/inf": float("inf")})
+    assert main(["eval", str(run), "--metrics", "recon", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}")) == {
+        "recon/mse": None, "recon/psnr": 3.5, "x/inf": None}
+    assert "recon/mse" in out.err and "null" in out.err
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickle", "flipped", "missing"])
+def test_rerun_of_a_finished_run_verifies_its_snapshot(run, damage, tmp_path):
+    snap = run / "snapshot.safetensors"
+    marker = tmp_path / "MARKER"
+    if damage == "truncated":
+        snap.write_bytes(snap.read_bytes()[:500])
+    elif damage == "pickle":
+        import pickle
+
+        class Evil:
+            def __reduce__(self):
+                return (open, (str(marker), "w"))
+
+        snap.write_bytes(pickle.dumps(Evil()))
+    elif damage == "flipped":
+        _flip_bytes(snap, 50)
+    else:
+        snap.unlink()
+    logs = []
+    tr = make_trainer(run)
+    tr.log = logs.append
+    tr.run()
+    assert any("rewritten from state.safetensors" in s for s in logs), logs
+    assert not marker.exists()
+    m = load_snapshot(run)
+    assert torch.equal(next(iter(m.state_dict().values())), next(iter(tr.method.state_dict().values())))
+
+
+def test_flipped_byte_in_the_state_refuses_resume(run):
+    state = run / "state.safetensors"
+    raw = bytearray(state.read_bytes())
+    raw[12] ^= 0x55  # inside the JSON header
+    state.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError) as e:
+        make_trainer(run, kimg=0.128).run()
+    assert "state.safetensors" in str(e.value) and "\n" not in str(e.value)
+
+
+HOSTILE_META = {
+    "not json": lambda h: "{nope",
+    "a list": lambda h: "[1, 2]",
+    "missing keys": lambda h: json.dumps({"format": "calae-snapshot-1", "method": "vae"}),
+    "unknown keys": lambda h: json.dumps(dict(h, model=dict(h["model"], evil=1))),
+    "wrong format": lambda h: json.dumps(dict(h, format="something-else")),
+    "resolution -5": lambda h: json.dumps(dict(h, info=dict(h["info"], resolution=-5))),
+    "resolution 2**20": lambda h: json.dumps(dict(h, info=dict(h["info"], resolution=2 ** 20))),
+    "points dim 1e9": lambda h: json.dumps(dict(h, info={"kind": "points", "dim": 10 ** 9})),
+    "unknown info key": lambda h: json.dumps(dict(h, info=dict(h["info"], evil=1))),
+    "shape mismatch": lambda h: json.dumps(dict(h, model=dict(h["model"], z_dim=h["model"]["z_dim"] + 1))),
+    "unknown method": lambda h: json.dumps(dict(h, method="os.system")),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_META))
+def test_hostile_snapshot_metadata_is_a_one_line_error(run, kind, tmp_path, capsys):
+    def meta_fn(meta):
+        meta["calae"] = HOSTILE_META[kind](json.loads(meta["calae"]))
+        return meta
+
+    _rewrite(run / "snapshot.safetensors", meta_fn=meta_fn)
+    with pytest.raises(CheckpointError):
+        load_snapshot(run)
+    assert main(["sample", str(run), "--out", str(tmp_path / "s.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_named_pipe_as_snapshot_does_not_hang(tmp_path):
+    p = tmp_path / "snapshot.safetensors"
+    os.mkfifo(p)
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        load_snapshot(p)

@@ -372,7 +372,12 @@ def cmd_eval(a) -> int:
     names = [s for s in (a.metrics or "").split(",") if s] or default_metrics(ds.info, m.method)
     res = evaluate(m.method, ds, names, n=a.n, seed=a.seed)
     if a.json:
-        print(json.dumps(res))
+        import math
+
+        bad = [k for k, v in res.items() if isinstance(v, float) and not math.isfinite(v)]
+        for k in bad:
+            print(f"calae eval: warning: metric {k} is {res[k]}; written as null", file=sys.stderr)
+        print(json.dumps({k: None if k in bad else v for k, v in res.items()}, allow_nan=False))
     else:
         w = max(len(k) for k in res) if res else 10
         for k, v in res.items():

@@ -9,8 +9,12 @@ Two kinds (DESIGN.md):
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -23,36 +27,131 @@ from ..registry import METHODS, load_all
 
 
 class CheckpointError(ValueError):
-    """A missing, truncated or foreign checkpoint; the CLI prints it on one line."""
+    """A missing, truncated, damaged or foreign checkpoint; the CLI prints it on one line."""
+
+
+DIGEST_KEY = "sha256"  # metadata key of the content hash over every tensor (name, dtype, shape, bytes)
+_PAUSE_ENV = "CALAE_FAULT_PAUSE_WRITE_S"  # fault-injection hook: pause inside a checkpoint write
+
+
+def digest(tensors: dict) -> str:
+    """SHA-256 over the tensors in name order: each one's name, dtype, shape and raw bytes. A
+    flipped byte anywhere in the data (or a renamed / reshaped tensor) changes it."""
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().contiguous().cpu()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:
+        pass
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)  # a full disk or a kill leaves the old file, not a temporary beside it
+        raise
 
 
 def _atomic_save(tensors: dict, path: Path, metadata: dict) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    metadata = {**metadata, DIGEST_KEY: digest(tensors)}
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    with open(tmp, "rb") as f:  # make the bytes durable before the rename makes them visible
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:  # make the bytes durable before the rename makes them visible
+            os.fsync(f.fileno())
+        pause = float(os.environ.get(_PAUSE_ENV, "0") or 0)
+        if pause > 0:  # tests and benchmarks/soak.py kill the process here, inside the write
+            time.sleep(pause)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
 
 
 def _read(path: Path) -> tuple[dict, dict]:
     from safetensors import safe_open
 
-    if not path.exists():
+    if not os.path.lexists(path):
         raise CheckpointError(f"{path}: no such checkpoint; give a run folder or a .safetensors snapshot")
+    if not path.is_file():  # a named pipe would block forever, a folder is not a file
+        raise CheckpointError(f"{path}: not a regular file; give a run folder or a .safetensors snapshot")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-        return load_file(str(path)), meta
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e}); it may be truncated "
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError) as e:
+        why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({why}); it may be truncated "
                               "or not a calae file; use an intact copy or retrain") from None
+    want = meta.get(DIGEST_KEY)
+    if want is not None and digest(tensors) != want:
+        raise CheckpointError(f"{path}: damaged (its content hash does not match: the file was changed after it "
+                              "was written); use an intact copy or retrain")
+    return tensors, meta
+
+
+def _check_finite(path: Path, tensors: dict, prefix: str = "") -> None:
+    for k, v in tensors.items():
+        if k.startswith(prefix) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{path}: tensor {k} holds NaN or infinite weights (the run diverged before "
+                                  "this checkpoint); use an earlier copy or retrain with a lower learning rate")
+
+
+def _json_meta(path: Path, meta: dict, key: str) -> dict:
+    try:
+        head = json.loads(meta[key])
+    except KeyError:
+        raise CheckpointError(f"{path}: not a calae checkpoint (no {key} metadata)") from None
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: its {key} metadata is not valid JSON; the file is damaged") from None
+    if not isinstance(head, dict):
+        raise CheckpointError(f"{path}: its {key} metadata is a JSON {type(head).__name__}, not an object; "
+                              "the file is damaged")
+    return head
+
+
+_INFO_LIMITS = {"resolution": (0, 1024), "channels": (0, 3), "dim": (0, 65536), "num_classes": (0, 100_000),
+                "num_params": (0, 4096)}
+
+
+def _check_info(where: str, info) -> DataInfo:
+    """A data description from a file: known keys, sane types and sizes (a hostile file must not make
+    us build a 1 TB network)."""
+    if isinstance(info, DataInfo):
+        return info
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{where}: its data description is not an object")
+    known = {f.name for f in dataclasses.fields(DataInfo)}
+    unknown = sorted(set(info) - known)
+    if unknown:
+        raise CheckpointError(f"{where}: unknown data description key(s) {', '.join(unknown)}")
+    if info.get("kind") not in ("image", "points"):
+        raise CheckpointError(f"{where}: data kind must be image or points; got {info.get('kind')!r}")
+    for k, (lo, hi) in _INFO_LIMITS.items():
+        v = info.get(k, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+            raise CheckpointError(f"{where}: data description {k} must be an integer in [{lo}, {hi}]; got {v!r}")
+    if info["kind"] == "image" and (info.get("resolution", 0) < 4 or info.get("channels") not in (1, 3)):
+        raise CheckpointError(f"{where}: an image model needs a resolution of 4..1024 and 1 or 3 channels; got "
+                              f"{info.get('resolution')!r} and {info.get('channels')!r}")
+    if info["kind"] == "points" and info.get("dim", 0) < 1:
+        raise CheckpointError(f"{where}: a points model needs dim >= 1; got {info.get('dim')!r}")
+    if not isinstance(info.get("name", ""), str):
+        raise CheckpointError(f"{where}: data description name must be a string")
+    return DataInfo(**info)
 
 
 # ---- inference snapshot ----------------------------------------------------------------------
@@ -76,14 +175,18 @@ def _jsonable(dc) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(dc)))
 
 
-def build_method(name: str, model_cfg: dict, info: dict | DataInfo):
+def build_method(name: str, model_cfg: dict, info: dict | DataInfo, where: str = "checkpoint"):
     load_all()
-    if name not in METHODS:
-        raise CheckpointError(f"checkpoint names unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    if not isinstance(name, str) or name not in METHODS:
+        raise CheckpointError(f"{where} names unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    if not isinstance(model_cfg, dict):
+        raise CheckpointError(f"{where}: its model config is not an object")
+    info = _check_info(where, info)
     cls = METHODS[name]
-    cfg = from_dict(cls.Config, model_cfg, f"{name} config")
-    if isinstance(info, dict):
-        info = DataInfo(**info)
+    try:
+        cfg = from_dict(cls.Config, model_cfg, f"{name} config")
+    except ValueError as e:  # ConfigError: an unknown key or a bad value in the file
+        raise CheckpointError(f"{where}: {e}") from None
     return cls(cfg, info)
 
 
@@ -93,20 +196,36 @@ def load_snapshot(path: str | os.PathLike, device: str | torch.device = "cpu"):
     if path.is_dir():
         path = path / "snapshot.safetensors"
     tensors, meta = _read(path)
-    if "calae" not in meta:
-        raise CheckpointError(f"{path}: not a calae snapshot (no calae metadata)")
-    head = json.loads(meta["calae"])
-    method = build_method(head["method"], head["model"], head["info"])
-    missing, unexpected = method.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{path}: weights do not match the {head['method']} networks "
-                              f"(missing {len(missing)}, unexpected {len(unexpected)}); was it written by "
-                              "another calae version?")
+    head = _json_meta(path, meta, "calae")
+    if head.get("format") != "calae-snapshot-1":
+        raise CheckpointError(f"{path}: not a calae snapshot (format {head.get('format')!r}, expected "
+                              "'calae-snapshot-1')")
+    lacking = [k for k in ("method", "model", "info") if k not in head]
+    if lacking:
+        raise CheckpointError(f"{path}: its metadata lacks {', '.join(lacking)}; the file is damaged")
+    _check_finite(path, tensors)
+    method = build_method(head["method"], head["model"], head["info"], str(path))
+    _load_weights(path, method, tensors, head["method"])
     method.snapshot_meta = head
     method = method.to(device).eval()
     if method.conv:  # the layout training used: same kernels, same numbers, faster on CPU
         method.to(memory_format=torch.channels_last)
     return method
+
+
+def _load_weights(path: Path, method, tensors: dict, name: str) -> None:
+    own = method.state_dict()
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: weights do not match the {name} networks "
+                              f"(missing {len(missing)}, unexpected {len(unexpected)}); was it written by "
+                              "another calae version?")
+    for k, v in own.items():
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{path}: tensor {k} has shape {list(tensors[k].shape)} but the {name} network "
+                                  f"built from its config needs {list(v.shape)}; the file is damaged or foreign")
+    method.load_state_dict(tensors)
 
 
 # ---- training state ------------------------------------------------------------------------
@@ -137,28 +256,42 @@ def load_state(path: str | os.PathLike, method, optimizers: dict, rank: int | No
     its own RNG state back when the file has one per rank."""
     from .distributed import set_rng_state, world
 
-    tensors, meta = _read(Path(path))
+    path = Path(path)
+    tensors, meta = _read(path)
     if meta.get("format") != "calae-state-1":
         raise CheckpointError(f"{path}: not a calae training state")
+    _check_finite(path, tensors, "model.")
     model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-    method.load_state_dict(model_sd)
-    opt_meta = json.loads(meta["optimizers"])
-    for name, opt in optimizers.items():
-        state: dict = {}
-        prefix = f"opt.{name}."
-        for k, v in tensors.items():
-            if k.startswith(prefix):
-                pid, key = k[len(prefix):].split(".", 1)
-                state.setdefault(int(pid), {})[key] = v
-        opt.load_state_dict({"state": state, "param_groups": opt_meta[name]})
-    rank = world()[0] if rank is None else rank
-    if f"rng.rank{rank}" in tensors:
-        set_rng_state(tensors[f"rng.rank{rank}"])
-    else:  # a single-process state (or one written before states were kept per rank)
-        torch.set_rng_state(tensors["rng.cpu"])
-        if "rng.cuda" in tensors and torch.cuda.is_available():
-            torch.cuda.set_rng_state(tensors["rng.cuda"])
-    return json.loads(meta["counters"])
+    _load_weights(path, method, model_sd, method.name)
+    counters = _json_meta(path, meta, "counters")
+    opt_meta = _json_meta(path, meta, "optimizers")
+    try:
+        for name, opt in optimizers.items():
+            state: dict = {}
+            prefix = f"opt.{name}."
+            for k, v in tensors.items():
+                if k.startswith(prefix):
+                    pid, key = k[len(prefix):].split(".", 1)
+                    state.setdefault(int(pid), {})[key] = v
+            opt.load_state_dict({"state": state, "param_groups": opt_meta[name]})
+        rank = world()[0] if rank is None else rank
+        if f"rng.rank{rank}" in tensors:
+            set_rng_state(tensors[f"rng.rank{rank}"])
+        else:  # a single-process state (or one written before states were kept per rank)
+            torch.set_rng_state(tensors["rng.cpu"])
+            if "rng.cuda" in tensors and torch.cuda.is_available():
+                torch.cuda.set_rng_state(tensors["rng.cuda"])
+        step, kimg = counters["step"], counters["kimg"]
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: the training state is damaged or foreign ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120] if str(e) else ''}); restore an intact copy, or pass "
+                              "--force to start over") from None
+    if not (isinstance(step, int) and step >= 0 and isinstance(kimg, (int, float)) and math.isfinite(kimg)):
+        raise CheckpointError(f"{path}: its counters are damaged (step {step!r}, kimg {kimg!r})")
+    counters.setdefault("skipped", 0)
+    counters.setdefault("frames", [])
+    counters.setdefault("time_s", 0.0)
+    return counters
 
 
 # ---- starting a run from another run's networks -----------------------------------------------
@@ -175,7 +308,8 @@ def copy_networks(source: str | os.PathLike, method, names: tuple[str, ...] = ()
     tensors, meta = _read(path)
     if "calae" not in meta:
         raise CheckpointError(f"--init-from {source}: not a calae snapshot (no calae metadata)")
-    head = json.loads(meta["calae"])
+    head = _json_meta(path, meta, "calae")
+    _check_finite(path, tensors)
     have = sorted({k.split(".")[1] for k in tensors if k.startswith("nets.")})
     names = tuple(names) or tuple(n for n in method.nets if n in have)
     if not names:
