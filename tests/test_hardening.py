@@ -304,3 +304,193 @@ def test_a_named_pipe_as_snapshot_does_not_hang(tmp_path):
     os.mkfifo(p)
     with pytest.raises(CheckpointError, match="not a regular file"):
         load_snapshot(p)
+
+
+# ---- 4. every bad input is a one-line error, exit 2 --------------------------------------------
+D = ["train", "vae", "--data", "digits", "--resolution", "16", "--no-progress"]
+BAD_TRAIN = [
+    (["--kimg", "inf"], "--kimg"),
+    (["--kimg", "1e308"], "--kimg"),
+    (["--epochs", "inf"], "--epochs"),
+    (["--kimg", "nan"], "--kimg"),
+    (["--set", "kimg=Infinity"], "kimg"),
+    (["--set", "kimg=NaN"], "kimg"),
+    (["--set", "batch_size=1.5"], "batch_size must be a whole number"),
+    (["--set", "seed=abc"], "seed must be a whole number"),
+    (["--set", "z_dim=2.5"], "z_dim"),
+    (["--set", "method=aae"], "calae train aae"),
+    (["--set", "precision=true"], "precision"),
+    (["--set", "lr=Infinity"], "lr"),
+]
+BAD_DATA = [
+    (["train", "vae", "--data", "digits:foo", "--out", "X"], "digits takes no option"),
+    (["train", "vae", "--data", "toy:rings", "--resolution", "32", "--out", "X"], "--resolution"),
+    (["train", "vae", "--data", "toy:rings", "--channels", "3", "--out", "X"], "--channels"),
+]
+
+
+@pytest.mark.parametrize("extra,needle", BAD_TRAIN + BAD_DATA, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_options_are_one_line_errors(extra, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = extra if extra[0] == "train" else [*D, "--out", "X", *extra]
+    with pytest.raises(SystemExit) as e:
+        raise SystemExit(main(args))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "X").exists()
+
+
+def _bad_sample_cases(run, tmp_path):
+    (tmp_path / "adir").mkdir()
+    return [
+        (["sample", str(run), "--out", str(tmp_path / "adir") + "/"], "is a folder"),
+        (["sample", str(run), "--out", str(tmp_path / "adir")], "is a folder"),
+        (["sample", str(run), "--out", str(tmp_path / "x.jpg")], ".png or .npz"),
+        (["sample", str(run), "--n", "2000000", "--out", str(tmp_path / "x.png")], "at most 4096"),
+        (["sample", str(run), "--n", "200000000", "--out", str(tmp_path / "x.npz")], "at most"),
+        (["interpolate", str(run), "--out", str(tmp_path / "x.png")], ".gif"),
+        (["reconstruct", str(run), "--out", str(tmp_path / "adir")], "is a folder"),
+        (["train", "vae", "--data", "digits", "--out", str(run / "config.json")], "is a file"),
+    ]
+
+
+def test_bad_outputs_are_one_line_errors(run, tmp_path, capsys):
+    for args, needle in _bad_sample_cases(run, tmp_path):
+        before = sorted(p.name for p in tmp_path.rglob("*"))
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, (args, err)
+        assert sorted(p.name for p in tmp_path.rglob("*")) == before, args  # no temp file left anywhere
+
+
+def test_hostile_stats_lines_do_not_block_resume(tmp_path):
+    out = tmp_path / "r"
+    make_trainer(out, kimg=0.064).run()
+    with open(out / "stats.jsonl", "ab") as f:
+        f.write(b"\xff\xfe not utf-8\n[1, 2]\n" + b'{"kimg": "abc", "step": 3}\n"a string"\n')
+    assert make_trainer(out, kimg=0.128).run()["steps"] == 8
+    lines = [json.loads(s) for s in (out / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4, 6, 8]
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_so(tmp_path, monkeypatch):
+    import errno
+
+    import calae.training.checkpoint as ck
+
+    real, calls = ck.save_file, {"n": 0}
+
+    def full(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] > 2:  # the first checkpoint (state + snapshot) fits, then the disk is full
+            Path(path).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(ck, "save_file", full)
+    out = tmp_path / "r"
+    with pytest.raises(CheckpointError) as e:
+        make_trainer(out, kimg=0.128).run()
+    msg = str(e.value)
+    assert "no space left" in msg and "at 0.03 kimg" in msg and "rerun" in msg and "\n" not in msg
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    monkeypatch.setattr(ck, "save_file", real)
+    tr = make_trainer(out, kimg=0.128)
+    assert tr.run()["steps"] == 8
+
+
+def test_bf16_on_a_cpu_without_fast_bf16_warns(monkeypatch):
+    from calae.training import precision
+
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    dtype, why = precision.resolve_precision("bf16", torch.device("cpu"))
+    assert dtype == torch.bfloat16 and "warning" in why and "slower" in why
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    assert "warning" not in precision.resolve_precision("bf16", torch.device("cpu"))[1]
+
+
+# ---- data ------------------------------------------------------------------------------------
+def test_a_named_pipe_in_an_image_folder_is_skipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from calae.data import open_dataset
+
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.full((8, 8, 3), 100, np.uint8)).save(tmp_path / "imgs" / "a.png")
+    os.mkfifo(tmp_path / "imgs" / "x.png")
+    ds = open_dataset(str(tmp_path / "imgs"), resolution=8)
+    assert len(ds) == 1
+
+
+def test_an_unreadable_folder_is_named_unreadable(tmp_path, monkeypatch):
+    from calae.data import DataError, open_dataset
+
+    (tmp_path / "imgs").mkdir()
+    real = os.listdir
+
+    def deny(p="."):
+        if str(p) == str(tmp_path / "imgs"):
+            raise PermissionError(13, "Permission denied")
+        return real(p)
+
+    monkeypatch.setattr(os, "listdir", deny)
+    with pytest.raises(DataError, match="cannot read the folder .*Permission denied"):
+        open_dataset(str(tmp_path / "imgs"), resolution=8)
+
+
+def test_mnist_gzip_bomb_is_refused_early(tmp_path, monkeypatch):
+    """A header that claims 10 images followed by ~200 MB of zeros: refused, having decompressed
+    only about the header's size."""
+    import gzip
+    import struct
+    import tracemalloc
+
+    from calae.data import DataError, mnist
+
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(path, "wb", compresslevel=1) as f:
+        f.write(struct.pack(">IIII", 2051, 10, 28, 28) + bytes(10 * 28 * 28))
+        block = bytes(1 << 20)
+        for _ in range(200):
+            f.write(block)
+    assert path.stat().st_size < 2_000_000
+    tracemalloc.start()
+    with pytest.raises(DataError, match="longer than its header"):
+        mnist.read_idx(path, mnist.IMAGES_MAGIC)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20_000_000
+    # a header that itself claims too much is refused before decompressing
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">IIII", 2051, 4_000_000, 28, 28) + bytes(100))
+    with pytest.raises(DataError, match="over the limit"):
+        mnist.read_idx(path, mnist.IMAGES_MAGIC)
+
+
+def test_mnist_with_zero_items_is_a_clear_error(tmp_path):
+    import numpy as np
+
+    from calae.data import DataError
+    from calae.data.mnist import open_mnist, write_idx
+
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((0, 28, 28), np.uint8))
+    write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros((0,), np.uint8))
+    with pytest.raises(DataError, match="0 images"):
+        open_mnist(tmp_path)
+
+
+def test_offline_download_error_names_no_missing_option(tmp_path, monkeypatch):
+    import urllib.request
+
+    from calae.data import DataError
+    from calae.data.mnist import download
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as e:
+        download(tmp_path, progress=False)
+    assert "--mirror" not in str(e.value) and "CALAE_MNIST_MIRROR" in str(e.value)

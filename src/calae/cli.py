@@ -44,8 +44,8 @@ def _positive_float(name):
             v = float(s)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{name} must be a number > 0, got {s!r}") from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {v}")
+        if not v > 0 or v == float("inf"):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {s!r}")
         return v
     return conv
 
@@ -262,11 +262,29 @@ def _save_arrays(out: str, **arrays) -> None:
     os.replace(tmp, out)
 
 
+def _check_out(out: str, exts: tuple[str, ...]) -> None:
+    """--out names a file with one of ``exts`` (the formats the command writes), not a folder."""
+    if out.endswith(("/", os.sep)) or Path(out).is_dir():
+        raise UserError(f"--out {out} is a folder; give a file name in it, e.g. {Path(out) / ('out' + exts[0])}")
+    if not out.lower().endswith(exts):
+        raise UserError(f"--out {out}: this command writes {' or '.join(exts)} files; use one of those extensions")
+
+
+MAX_OUT_BYTES = 2 << 30  # what one sample / encode command may hold in memory
+
+
 def cmd_sample(a) -> int:
     from . import explore
     from .viz.grid import make_grid, save_image
 
+    _check_out(a.out, (".png", ".npz"))
     m = _load(a.run)
+    cap = max(1, MAX_OUT_BYTES // (4 * m.info.numel))
+    if a.out.endswith(".png") and m.info.kind == "image":
+        cap = min(cap, 4096)  # a 64 x 64 grid
+    if a.n > cap:
+        raise UserError(f"--n {a.n} is more than one {Path(a.out).suffix} file of this model holds (at most {cap}); "
+                        "write several files with different --seed values")
     x = explore.samples(m, a.n, a.seed)
     if a.out.endswith(".npz"):
         _save_arrays(a.out, samples=x.numpy())
@@ -298,6 +316,7 @@ def cmd_reconstruct(a) -> int:
     from . import explore
     from .viz.grid import save_image
 
+    _check_out(a.out, (".png", ".npz"))
     m = _load(a.run)
     ds = _data_for(m, a.data)
     b = explore.load_real(m, ds, a.n, a.seed)
@@ -315,6 +334,7 @@ def cmd_reconstruct(a) -> int:
 def cmd_interpolate(a) -> int:
     from . import explore
 
+    _check_out(a.out, (".gif",))
     m = _load(a.run)
     if m.info.kind != "image":
         raise UserError("interpolate draws images; this model was trained on points")
@@ -345,6 +365,7 @@ def cmd_encode(a) -> int:
 def cmd_latents(a) -> int:
     from . import explore
 
+    _check_out(a.out, (".png", ".npz"))
     m = _load(a.run)
     ds = _data_for(m, a.data)
     if a.over_prior:

@@ -72,9 +72,9 @@ class TrainConfig:
     init_nets: tuple[str, ...] = ()  # which networks init_from copies; empty: every network both runs have
 
     def __post_init__(self):
-        check_range("--kimg", self.kimg, 0, lo_open=True)
+        check_range("--kimg", self.kimg, 0, 1e9, lo_open=True)  # 1e12 images: more is a typo, and overflows
         if self.epochs is not None:
-            check_range("--epochs", self.epochs, 0, lo_open=True)
+            check_range("--epochs", self.epochs, 0, 1e6, lo_open=True)
         check_range("--batch-size", self.batch_size, 1, 65536)
         check_choice("--precision", self.precision, ("auto", "bf16", "fp32"))
         check_choice("--device", self.device, ("auto", "cpu", "cuda"))
@@ -116,11 +116,34 @@ def from_dict(cls, d: dict, what: str = "config"):
             v = d[f.name]
             if isinstance(v, list) and "tuple" in str(f.type):
                 v = tuple(v)
+            _check_type(f.name, v, str(f.type), what)
             kw[f.name] = v
     try:
         return cls(**kw)
     except TypeError as e:
         raise ConfigError(f"bad {what}: {e}") from None
+
+
+_SCALARS = {"int": "a whole number", "float": "a finite number", "str": "a string", "bool": "true or false"}
+
+
+def _check_type(name: str, v: Any, type_str: str, what: str) -> None:
+    """Values of scalar fields (int, float, str, bool, optionally None) have that type: a
+    ``--set batch_size=1.5`` or ``--set seed=abc`` is a one-line error before anything runs."""
+    import math
+
+    parts = [t.strip() for t in type_str.split("|")]
+    if not parts or any(t not in _SCALARS and t != "None" for t in parts):
+        return  # tuples, dicts, ...: checked by the class itself
+    if v is None and "None" in parts:
+        return
+    ok = (("int" in parts and isinstance(v, int) and not isinstance(v, bool))
+          or ("float" in parts and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+          or ("str" in parts and isinstance(v, str))
+          or ("bool" in parts and isinstance(v, bool)))
+    if not ok:
+        want = " or ".join(_SCALARS[t] for t in parts if t in _SCALARS)
+        check(False, f"{what}: {name} must be {want}; got {v!r}")
 
 
 def parse_value(text: str) -> Any:
@@ -146,6 +169,8 @@ def apply_overrides(train: dict, model: dict, model_cls, sets: list[str]) -> Non
             name = key
             target, known = (model, model_keys) if key in model_keys else (train, train_keys)
         check(name in known, f"--set: unknown key {key!r}; method keys: {', '.join(sorted(model_keys))}")
+        check(not (target is train and name == "method"),
+              f"--set {item}: the method is train's first argument, not a key; run `calae train {val} ...`")
         target[name] = parse_value(val)
 
 

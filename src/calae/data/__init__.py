@@ -70,6 +70,9 @@ def _mnist(arg: str, resolution: int, channels: int, download: bool = False, spl
 def _digits(arg: str, resolution: int, channels: int, n: int | None = None, **kw) -> Dataset:
     from .digits import open_digits
 
+    if arg:
+        raise DataError(f"digits takes no option (got 'digits:{arg}'); use --data digits")
+
     return open_digits(resolution=resolution, channels=channels, n=n)
 
 
@@ -79,6 +82,8 @@ def _toy(arg: str, resolution=None, channels=None, n: int | None = None, seed: i
 
     if arg not in TOYS:
         raise DataError(f"unknown toy set {arg!r}; choose one of {', '.join('toy:' + t for t in TOYS)}")
+    if resolution is not None or channels is not None:
+        raise DataError(f"toy:{arg} is a set of 2-D points: --resolution and --channels do not apply; leave them out")
     return ToyDataset(arg, n=n or 50_000, seed=seed)
 
 

@@ -80,6 +80,8 @@ def scan_images(root: str | os.PathLike) -> list[Path]:
             if f.startswith(".") or not f.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             p = Path(dirpath) / f
+            if not p.is_file():  # a named pipe or device called x.png would block forever on open
+                continue
             found.append((p.relative_to(root).as_posix(), p))
     found.sort(key=lambda t: t[0])
     return [p for _, p in found]
@@ -275,6 +277,10 @@ class ImageFolder(Dataset):
         self.max_pixels = max_pixels
         self.background = _background(background)
         self.workers = max(1, int(workers))
+        try:
+            os.listdir(root)  # os.walk would hide an unreadable folder as an empty one
+        except OSError as e:
+            raise DataError(f"cannot read the folder {root} ({e.strerror or e}); check its permissions") from None
         files = scan_images(root)
         if not files:
             raise DataError(f"no images (.jpg .jpeg .png .webp .bmp) found in {root}; put your images there "

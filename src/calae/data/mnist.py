@@ -64,18 +64,41 @@ _SEARCH = ("", "raw", "MNIST/raw", "FashionMNIST/raw")
 
 
 # ---- IDX ------------------------------------------------------------------------------------------
-def _read_bytes(path: Path) -> bytes:
+MAX_IDX_BYTES = 1 << 30  # 1 GiB of IDX data (MNIST's largest file is 47 MB): more is a decompression bomb
+
+
+def _read_bytes(path: Path, max_bytes: int | None = None) -> bytes:
+    """The file's bytes, gunzipped when it is gzip. Decompression streams, and stops as soon as the
+    output passes what the IDX header says the file holds (or ``MAX_IDX_BYTES``), so a small gzip
+    that expands to gigabytes is refused having used about the header's size in memory."""
+    cap = MAX_IDX_BYTES if max_bytes is None else max_bytes
+    if not path.is_file():
+        raise DataError(f"cannot read {path}: not a regular file")
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            magic = f.read(2)
+            if magic != b"\x1f\x8b":
+                return magic + f.read(cap + 1)
+            f.seek(0)
+            try:
+                with gzip.GzipFile(fileobj=f) as gz:
+                    head = gz.read(4)
+                    need = cap
+                    if len(head) == 4 and head[:2] == b"\0\0" and head[2] in _IDX_TYPES:
+                        dims_raw = gz.read(4 * head[3])
+                        head += dims_raw
+                        if len(dims_raw) == 4 * head[3]:
+                            dims = struct.unpack(f">{head[3]}I", dims_raw)
+                            need = int(np.prod(dims, dtype=np.float64) * _IDX_TYPES[head[2]].itemsize)
+                            if need > cap:
+                                raise DataError(f"{path}: its IDX header claims {need:,} bytes of data, over the "
+                                                f"limit of {cap:,}; it is not an MNIST file")
+                    body = gz.read(need + 1)  # one byte more than needed: read_idx reports "longer"
+                    return head + body
+            except (OSError, EOFError, zlib.error) as e:
+                raise DataError(f"{path} is a damaged gzip file ({e}); delete it and download again") from None
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DataError(f"{path} is a damaged gzip file ({e}); delete it and download again") from None
-    return data
 
 
 def read_idx(path: str | os.PathLike, expect_magic: int | None = None) -> np.ndarray:
@@ -98,6 +121,9 @@ def read_idx(path: str | os.PathLike, expect_magic: int | None = None) -> np.nda
     dtype = _IDX_TYPES[code]
     need = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     have = len(data) - head
+    if need > MAX_IDX_BYTES:
+        raise DataError(f"{path}: its IDX header claims {need:,} bytes of data, over the limit of "
+                        f"{MAX_IDX_BYTES:,}; it is not an MNIST file")
     if have != need:
         what = "truncated" if have < need else "longer than its header says"
         raise DataError(f"{path} is {what}: header {tuple(dims)} needs {need} data bytes, found {have}; "
@@ -196,6 +222,8 @@ def open_mnist(directory: str | os.PathLike, resolution: int = 28, channels: int
     if x.shape[0] != y.shape[0]:
         raise DataError(f"{images} has {x.shape[0]} images but {labels} has {y.shape[0]} labels; "
                         "the files belong to different sets")
+    if x.shape[0] == 0:
+        raise DataError(f"{images} holds 0 images; point mnist:DIR at a complete set (or --download it)")
     if y.size and (int(y.min()) < 0 or int(y.max()) > 9):
         raise DataError(f"{labels} has labels outside 0..9 (min {int(y.min())}, max {int(y.max())})")
     if n is not None:
@@ -271,12 +299,12 @@ def _fetch(url: str, dest: Path, expected: tuple[str, ...] | None, progress: boo
                 resp = urllib.request.urlopen(url, timeout=timeout)
             except urllib.error.HTTPError as e:
                 e.close()
-                raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}; check the mirror "
-                                "(--mirror or CALAE_MNIST_MIRROR)") from None
+                raise DataError(f"download of {url} failed: HTTP {e.code} {e.reason}; set CALAE_MNIST_MIRROR "
+                                "to another mirror's URL") from None
             except (urllib.error.URLError, OSError) as e:
                 reason = getattr(e, "reason", e)
-                raise DataError(f"download of {url} failed: {reason}; check your connection or the mirror "
-                                "(--mirror or CALAE_MNIST_MIRROR)") from None
+                raise DataError(f"download of {url} failed: {reason}; check your connection, or set "
+                                "CALAE_MNIST_MIRROR to another mirror's URL") from None
             with resp:
                 total = resp.headers.get("Content-Length")
                 bar = _bar(int(total) if total and total.isdigit() else None, dest.name, progress)

@@ -41,6 +41,9 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     if precision == "fp32":
         return None, "--precision fp32"
     if precision == "bf16":
+        if device.type == "cpu" and not cpu_has_fast_bf16():
+            return torch.bfloat16, ("--precision bf16; warning: this CPU has no fast bf16 units (AMX), so bf16 "
+                                    "runs slower than fp32 here (--precision auto picks fp32)")
         return torch.bfloat16, "--precision bf16"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():

@@ -42,12 +42,16 @@ def read_stats(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
+    if not path.is_file():  # a named pipe would block forever
+        return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().splitlines():
         try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: ignore it
-            pass
+            rec = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):  # a line cut by a kill, or garbage: ignore it
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("kimg", 0), (int, float)) and not isinstance(rec.get("kimg", 0), bool):
+            out.append(rec)
     return out
 
 
