@@ -98,9 +98,10 @@ def test_snapshot_round_trip(method, tmp_path):
     tr.method.eval()
     x = tr.batch(4).x
     with torch.no_grad():
-        assert torch.equal(m.encode(x), tr.method.encode(x))
         assert torch.equal(m.sample(4, seed=3), tr.method.sample(4, seed=3))
-        assert torch.equal(m.reconstruct(x), tr.method.reconstruct(x))
+        if m.has_encoder:  # a GAN has none
+            assert torch.equal(m.encode(x), tr.method.encode(x))
+            assert torch.equal(m.reconstruct(x), tr.method.reconstruct(x))
 
 
 @pytest.mark.parametrize("method", ALL)

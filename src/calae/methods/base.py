@@ -82,6 +82,7 @@ class Method(nn.Module):
     Config: type = MethodConfig
     value_range: str = "tanh"  # how images are scaled for this model: tanh [-1, 1] or unit [0, 1]
     conv: bool = True  # channels_last pays off for convolutional nets
+    has_encoder: bool = True  # False: no encode / reconstruct (gan); pictures and default metrics skip them
 
     def __init__(self, cfg: MethodConfig, info: DataInfo):
         super().__init__()

@@ -27,6 +27,7 @@ from .prdc import precision_recall
 from .probe import knn_accuracy, linear_probe, nn1_accuracy, svm_accuracy
 from .recon import mse, psnr, ssim
 from .suite import INCEPTION_ENV, OPTIONS, default_metrics, evaluate
+from . import spectrum  # noqa: F401,E402  (registers hf_power: high-frequency power of samples vs data)
 # The function swd is not re-exported here: it would shadow the submodule (``import
 # calae.metrics.swd as m`` would give the function). Use ``from calae.metrics.swd import swd``.
 from .swd import laplacian_pyramid, sliced_wasserstein

@@ -443,6 +443,8 @@ def default_metrics(info: DataInfo, model=None) -> list[str]:
         names += ["fd_randconv", "pr_randconv"]
     if os.environ.get(INCEPTION_ENV):
         names.append("fid_inception")
+    if model is not None and not getattr(model, "has_encoder", True):  # a GAN: samples only
+        names = [m for m in names if m not in ("swd_rec", "recon") and not m.startswith("probe_")]
     return names
 
 

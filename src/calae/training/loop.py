@@ -379,13 +379,14 @@ class Trainer:
             return
         with inference(self.method):
             grid = explore.sample_grid(self.method, 64, seed=self.cfg.seed)
-            rec = explore.recon_grid(self.method, self._fixed_real)
+            rec = explore.recon_grid(self.method, self._fixed_real) if self.method.has_encoder else None
         save_image(grid, self.out / "samples" / f"fakes{tag}.png")
-        save_image(rec, self.out / "samples" / f"reals{tag}.png")
+        if rec is not None:
+            save_image(rec, self.out / "samples" / f"reals{tag}.png")
+            save_image(rec, self.out / "reconstructions.png")
         if not self.counters["frames"] or self.counters["frames"][-1] != tag:
             self.counters["frames"].append(tag)
         save_image(grid, self.out / "samples.png")
-        save_image(rec, self.out / "reconstructions.png")
         self.stats.image("samples", grid, kimg)
 
     def _finish_pictures(self) -> None:

@@ -1,0 +1,64 @@
+"""Image discriminator whose intermediate feature maps are reachable (VAE-GAN's "Dis_l", GANs).
+
+The trunk is laid out as ``ConvEncoder`` (a 5x5 stem, residual blocks with average-pool
+downsampling, a last block at the smallest size; ``plan_levels`` scales it to the resolution),
+followed by a hidden linear layer and one logit. Larsen et al. (2016) measure reconstructions in
+the features of a middle layer of D; ``run(x, layer)`` returns those features together with the
+logit from one forward, so a loss needs no second pass through D for them. Feature index ``i``
+counts the stem as 0 and each residual block after it (negative indices from the end: -1 is the
+last block, at resolution/8 for 32 and 64 px, the depth the official CelebA script uses).
+
+Normalisation defaults to none: a GAN discriminator with R1 is usually unnormalised, and
+BatchNorm would mix real and generated items of one batch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .conv import ResBlock, plan_levels
+
+
+class ImageDiscriminator(nn.Module):
+    """x [N, C, R, R] -> logit [N] (float32); ``run(x, layer)`` -> (features at ``layer``, logit)."""
+
+    def __init__(self, channels: int, resolution: int, base: int = 32, max_ch: int = 256,
+                 norm: bool | str = "none", hidden: int = 256):
+        super().__init__()
+        chans, size = plan_levels(resolution, base, max_ch)
+        self.stem = nn.Sequential(nn.Conv2d(channels, chans[0], 5, padding=2), nn.LeakyReLU(0.2))
+        blocks = [ResBlock(cin, cout, norm) for cin, cout in zip(chans[:-1], chans[1:])]
+        blocks.append(ResBlock(chans[-1], chans[-1], norm))
+        self.blocks = nn.ModuleList(blocks)
+        self.pool = nn.AvgPool2d(2)
+        self.n_down = len(chans) - 1  # the first n_down blocks are followed by a 2x downsampling
+        self.fc = nn.Sequential(nn.Linear(chans[-1] * size * size, hidden), nn.LeakyReLU(0.2))
+        self.out = nn.Linear(hidden, 1)
+
+    @property
+    def num_features(self) -> int:
+        """How many feature maps ``run`` can return: the stem and every residual block."""
+        return 1 + len(self.blocks)
+
+    def feature_index(self, layer: int) -> int:
+        n = self.num_features
+        if not -n <= layer < n:
+            raise ValueError(f"dis_layer must lie in [{-n}, {n - 1}] for this discriminator; got {layer}")
+        return layer % n
+
+    def run(self, x: torch.Tensor, layer: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """One forward: (the feature map at ``layer`` [N, C_l, H_l, W_l], or None, and the logit [N])."""
+        want = None if layer is None else self.feature_index(layer)
+        h = self.stem(x)
+        feat = h if want == 0 else None
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            if want == i + 1:
+                feat = h
+            if i < self.n_down:
+                h = self.pool(h)
+        logit = self.out(self.fc(h.flatten(1))).float().squeeze(1)
+        return feat, logit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)[1]
