@@ -12,7 +12,6 @@ from calae.methods.alae import ALAE, ALAEConfig, disc_phase, recip_phase
 from calae.methods.base import StepContext
 from calae.nets.layers import EqLinear
 from calae.nets.style import GrowthSchedule, mix_styles, truncate
-from calae.optim import LREQAdam
 from calae.training import Trainer
 
 IMG8 = DataInfo(kind="image", resolution=8, channels=1, name="test8")
@@ -376,3 +375,43 @@ def test_adam_state_restarts_when_a_growth_level_starts(tmp_path):
     tr2.run()
     steps2 = {float(s["step"]) for opt in tr2.optimizers.values() for s in opt.state.values() if "step" in s}
     assert max(steps2) == 12, steps2  # 6 steps x 2 phases
+
+
+# ---- the official ALAE optimizer, as a reference only --------------------------------------------
+# Official ALAE (custom_adam.py) stores each equalized weight pre-scaled, W = c·v, and scales each
+# Adam step by the layer's constant c: with β1 = 0, v_t = β2·v_{t−1} + (1 − β2)·g²,
+# W ← W − lr·c·√(1 − β2^t)·g / (√v_t + ε). Runtime scaling (calae.nets.layers) trains v with plain
+# Adam; the two agree except where ε enters, which test_lreq_adam_matches_runtime_scaling shows.
+
+
+class LREQAdam(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.0, 0.99), eps: float = 1e-8):
+        if lr < 0 or eps < 0 or not 0.0 <= betas[0] < 1.0 or not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"invalid LREQAdam settings lr={lr}, betas={betas}, eps={eps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, coef=1.0))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                st = self.state[p]
+                if not st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p)
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+                st["step"] += 1
+                t = st["step"]
+                st["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+                st["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+                denom = st["exp_avg_sq"].sqrt().add_(group["eps"])
+                step = group["lr"] * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * group["coef"]
+                p.addcdiv_(st["exp_avg"], denom, value=-step)
+        return loss

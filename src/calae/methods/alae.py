@@ -68,7 +68,7 @@ noise=G.make_noise(...))`` with frozen noise is deterministic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +78,7 @@ from ..config import ConfigError, MethodConfig, NetConfig, add_preset, add_tiny,
 from ..data.base import Batch, DataInfo
 from ..losses import nonsat_logistic, r1_penalty
 from ..nets.layers import EqMLP, downsample2x, upsample2x
+from ..priors import make_prior
 from ..nets.style import (GrowthSchedule, LatentDiscriminator, MappingNetwork, StyleEncoder, StyleGenerator,
                           broadcast_styles, mix_styles, num_levels, truncate)
 from ..registry import METHODS, register
@@ -95,6 +96,10 @@ class ALAEConfig(NetConfig, MethodConfig):
     betas: tuple[float, float] = (0.0, 0.99)
     z_dim: int = 128
     w_dim: int | None = None  # None: z_dim
+    # p(z), F's input: any registered prior (calae list), e.g. the fractal ones ifs, sierpinski, kali
+    # (seed 000: "the fractal distribution as a prior in place of the usual Gaussian")
+    prior: str = "gaussian"
+    prior_opts: dict = field(default_factory=dict)
     # network options (arch, hidden, depth, base_channels, max_channels) from NetConfig; arch auto:
     # mlp for points and <= 28 px one-channel images, else style
     ARCHS = ("auto", "mlp", "style")
@@ -160,6 +165,8 @@ class ALAEConfig(NetConfig, MethodConfig):
         if self.e_out_slope is not None:
             check_range("e_out_slope", self.e_out_slope, 0, 1)
         check_range("g_out_gain", self.g_out_gain, 0, 100, lo_open=True)
+        check(isinstance(self.prior_opts, dict), f"prior_opts must be a JSON object; got {self.prior_opts!r}")
+        make_prior(self.prior, self.z_dim, **self.prior_opts)  # names and values checked now, not mid-run
         check(self.mapping_layers > 0 or self.w_dim in (None, self.z_dim),
               f"mapping_layers=0 (F = identity) needs w_dim == z_dim; got w_dim={self.w_dim}, z_dim={self.z_dim}")
 
@@ -244,6 +251,7 @@ class ALAE(Method):
         self.nets["D"] = LatentDiscriminator(w_dim, cfg.d_layers, cfg.d_hidden, cfg.d_lrmul, cfg.d_linear)
         self.nets["F"] = MappingNetwork(cfg.z_dim, w_dim, cfg.mapping_layers, cfg.mapping_hidden, cfg.mapping_lrmul)
         self.nets["G"] = G
+        self.prior = make_prior(cfg.prior, cfg.z_dim, **cfg.prior_opts)
         self.has_F = any(True for _ in self.nets["F"].parameters())  # False for the identity mapping
         self.growth = GrowthSchedule(G.levels, cfg.growth_kimg if arch == "style" else 0.0, cfg.fade, cfg.fade_ramp)
         # training progress, so that inference uses the level training reached (saved in snapshots)
@@ -282,9 +290,10 @@ class ALAE(Method):
         self.trained_kimg.fill_(max(float(self.trained_kimg), float(ctx.kimg)))
 
     def draw_z(self, n: int) -> torch.Tensor:
-        """z ~ N(0, I) from torch's global CPU RNG (saved in training states: exact resume). [n, z_dim]"""
+        """z ~ p(z) (the ``prior``; N(0, I) by default) from torch's global CPU RNG (saved in training
+        states: exact resume). [n, z_dim]"""
         p = next(self.nets["G"].parameters())
-        return torch.randn(n, self.cfg.z_dim).to(p.device, p.dtype)
+        return self.prior.sample(n).to(p.device, p.dtype)
 
     def real_at(self, x: torch.Tensor, lod: int, alpha: float) -> torch.Tensor:
         """Real images at the level's resolution: 2×2-average down to 4·2^lod px, and during a
@@ -343,7 +352,8 @@ class ALAE(Method):
     def latent_space(self):
         from ..api import LatentSpace
 
-        return LatentSpace("w", self.w_dim, "ALAE: w = F(z), z ~ N(0, I); E(x) lives in the same space")
+        return LatentSpace("w", self.w_dim, f"{self.name.upper()}: w = F(z), z ~ {self.cfg.prior} prior; E(x) lives "
+                                            f"in the same space")
 
     def decode_options(self) -> tuple:
         from ..api import DecodeOption
@@ -359,8 +369,8 @@ class ALAE(Method):
 
     @torch.no_grad()
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """w = F_ema(z), z ~ N(0, I): the codes decode takes (not z: that is F's input). [n, w_dim]"""
-        z = torch.randn(n, self.cfg.z_dim, generator=generator).to(self.device())
+        """w = F_ema(z), z ~ p(z): the codes decode takes (not z: that is F's input). [n, w_dim]"""
+        z = self.prior.sample(n, generator).to(self.device())
         return self.net("F")(z).float()
 
     def decode(self, w: torch.Tensor, noise=None, psi: float = 1.0, noise_seed: int = DECODE_NOISE_SEED) -> torch.Tensor:
@@ -379,7 +389,7 @@ class ALAE(Method):
     @torch.no_grad()
     def w_avg(self, n: int = 4096) -> torch.Tensor:
         """w̄ = mean of F_ema(z) over n fixed z: the centre of the truncation trick. [w_dim]"""
-        z = torch.randn(n, self.cfg.z_dim, generator=torch.Generator().manual_seed(W_AVG_SEED)).to(self.device())
+        z = self.prior.sample(n, torch.Generator().manual_seed(W_AVG_SEED)).to(self.device())
         return self.net("F")(z).float().mean(0)
 
     @torch.no_grad()

@@ -41,3 +41,4 @@ __all__ = [
     "precision_recall", "linear_probe", "knn_accuracy", "svm_accuracy", "nn1_accuracy", "mse", "psnr", "ssim",
     "hist_kl_jsd", "grid_normalized_elbo", "toy_range", "TOY_RANGES",
 ]
+from . import disentangle  # noqa: F401,E402  (registers disentangle: DCI and MIG of codes against known factors)

@@ -17,7 +17,7 @@ in their default (implicit) mode.
 
 ALAE's official ``LREQAdam`` is the same thing written the other way round: it stores W itself
 (initialised N(0, c²/lrmul²)) and multiplies each Adam step by c. Both give the same trajectory up
-to where Adam's ε enters (``calae.optim.LREQAdam`` and tests/test_alae.py show it). What is *not*
+to where Adam's ε enters (tests/test_alae.py carries a LREQAdam and shows it). What is *not*
 the same: layers that store W and are trained with a plain Adam (the equalisation silently
 disappears) - so these layers store v and must be trained with a plain Adam, which the loop uses.
 """

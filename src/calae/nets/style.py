@@ -328,7 +328,3 @@ class GrowthSchedule:
 
     def resolution(self, kimg: float) -> int:
         return 4 * 2 ** self.at(kimg)[0]
-
-    def total_growth_kimg(self) -> float:
-        """kimg after which the last level is fully faded in."""
-        return 0.0 if self.phase_kimg <= 0 else ((self.levels - 1) + self.fade) * self.phase_kimg
