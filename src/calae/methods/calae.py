@@ -42,7 +42,7 @@ from ..data.base import Batch, DataInfo
 from ..losses import hessian_penalty, patch_nce
 from ..nets.layers import EqLinear
 from ..nets.style import broadcast_styles
-from ..registry import METHODS, register
+from ..registry import METHODS, PRESETS, register
 from .alae import ALAE, ALAEConfig
 from .base import Phase, StepContext
 
@@ -193,23 +193,14 @@ def hessian_phase(m: CALAE, batch: Batch, ctx: StepContext) -> dict:
 
 
 # ---- presets ---------------------------------------------------------------------------------------
-_STYLE = {"arch": "style", "mapping_layers": 4, "lr": 0.004, "style_mixing": 0.9, "truncation_psi": 0.7,
-          "fade": 0.5}
-add_preset("calae-32", "calae", "CALAE on 32 px fractals, growing 4 -> 32 px, Gaussian prior (CPU: about 20 minutes)",
-           train={"data": "fractals", "resolution": 32, "n_data": 10000, "batch_size": 16, "kimg": 20,
-                  "sample_every_kimg": 2, "snapshot_every_kimg": 4, "log_every_kimg": 0.5},
-           model={**_STYLE, "z_dim": 64, "base_channels": 16, "max_channels": 64, "growth_kimg": 4,
-                  "ema_kimg": 1.0})
-add_preset("calae-32-fractal-prior", "calae", "CALAE on 32 px fractals with a fractal prior (IFS attractor) for F",
-           train={"data": "fractals", "resolution": 32, "n_data": 10000, "batch_size": 16, "kimg": 20,
-                  "sample_every_kimg": 2, "snapshot_every_kimg": 4, "log_every_kimg": 0.5},
-           model={**_STYLE, "z_dim": 64, "base_channels": 16, "max_channels": 64, "growth_kimg": 4,
-                  "ema_kimg": 1.0, "prior": "ifs"})
-add_preset("calae-64", "calae", "CALAE on 64 px fractals, growing 4 -> 64 px (CPU: hours)",
-           train={"data": "fractals", "resolution": 64, "n_data": 20000, "batch_size": 16, "kimg": 60,
-                  "sample_every_kimg": 4, "snapshot_every_kimg": 8, "log_every_kimg": 1},
-           model={**_STYLE, "z_dim": 128, "base_channels": 16, "max_channels": 128, "growth_kimg": 8,
-                  "lr": 0.003, "ema_kimg": 2.0})
+# The same data, networks and budget as ALAE's style presets, so that "CALAE against ALAE at the same
+# architecture" compares one row with another.
+for _src, _name, _doc, _extra in (
+        ("style-32", "calae-32", "CALAE on 32 px fractals, growing 4 -> 32 px, Gaussian prior (ALAE's style-32 nets)", {}),
+        ("style-32", "calae-32-fractal-prior", "CALAE on 32 px fractals with a fractal prior (IFS attractor) for F",
+         {"prior": "ifs"}),
+        ("style-64", "calae-64", "CALAE on 64 px fractals, growing 4 -> 64 px (ALAE's style-64 nets; CPU: hours)", {})):
+    add_preset(_name, "calae", _doc, train=PRESETS[_src]["train"], model={**PRESETS[_src]["model"], **_extra})
 
 add_tiny("calae", {"arch": "style", "z_dim": 8, "base_channels": 4, "max_channels": 8, "mapping_layers": 2,
                    "d_layers": 2, "growth_kimg": 0.064, "ema_kimg": 0.05, "nce_dim": 8, "nce_patches": 16,
