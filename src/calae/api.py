@@ -99,6 +99,8 @@ class Model:
     """A trained method behind the inference surface. ``Model(method)`` wraps one in memory (its
     modes are left to the caller, see ``inference``); ``load`` rebuilds one from a snapshot."""
 
+    source: str | None = None  # the run folder or snapshot ``load`` read
+
     def __init__(self, method, meta: dict | None = None):
         self.method = method
         self.meta = meta if meta is not None else getattr(method, "snapshot_meta", {})
@@ -115,6 +117,25 @@ class Model:
     @property
     def is_image(self) -> bool:
         return self.info.kind == "image"
+
+    @property
+    def decoder(self) -> torch.nn.Module:
+        """The network ``decode`` runs (its EMA copy where one exists); network bending hooks its
+        layers (``calae.bending``)."""
+        return self.method.net("G")
+
+    @property
+    def style_layers(self) -> int:
+        """How many per-layer styles a style generator takes (``decode`` accepts codes [N, L, d],
+        StyleGAN-style mixing); 1 for decoders that take one code per image."""
+        return int(getattr(self.decoder, "num_ws", 1))
+
+    def bend(self, *bends):
+        """A block within which decoding goes through the given ``calae.bending.Bend``s (hooks on
+        the decoder, removed on leaving it). One thread at a time: it changes the shared decoder."""
+        from .bending import bent
+
+        return bent(self, bends)
 
     # ---- conversions -------------------------------------------------------------------------
     def to_model(self, items) -> torch.Tensor:
@@ -147,6 +168,10 @@ class Model:
         w = torch.as_tensor(np.asarray(codes), dtype=torch.float32) if not torch.is_tensor(codes) else codes.float()
         if w.dim() == 1:
             w = w[None]
+        if w.dim() == 3 and (self.style_layers == 1 or w.shape[1] != self.style_layers):
+            raise APIError(f"this {self.name} model takes codes [N, {self.latent.dim}]"
+                           + (f" or per-layer styles [N, {self.style_layers}, {self.latent.dim}]"
+                              if self.style_layers > 1 else "") + f"; got shape {list(w.shape)}")
         if w.shape[-1] != self.latent.dim:
             raise APIError(f"this {self.name} model decodes {self.latent.dim}-D {self.latent.name} codes; "
                            f"got shape {list(w.shape)}")
@@ -218,4 +243,6 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
 
     method = load_snapshot(path, device)
     method.eval().requires_grad_(False)
-    return Model(method, getattr(method, "snapshot_meta", {}))
+    model = Model(method, getattr(method, "snapshot_meta", {}))
+    model.source = os.fspath(path)  # where it came from (bending saves its channel clusters beside it)
+    return model

@@ -171,7 +171,49 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the README's demo: train a VAE on fractals, write pictures")
     d.add_argument("--out", default="demo", help="output folder (default demo)")
     d.add_argument("--kimg", type=_positive_float("--kimg"), help="training budget (default: the demo preset's)")
+    _explore_parsers(sub)
     return p
+
+
+class _Ordered(argparse.Action):
+    """Keeps --layer / --transform / --channels in the order given (a transform belongs to the layer
+    before it, channels to the transform before them)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        getattr(namespace, self.dest).append((option_string.lstrip("-"), values))
+
+
+def _explore_parsers(sub) -> None:
+    x = sub.add_parser("explore", help="the latent-space explorer in the browser (needs pip install 'calae[web]')")
+    x.add_argument("run", help="run folder or snapshot .safetensors")
+    x.add_argument("--data", help="data spec for the map of codes (default: the run's training data; 'none': no map)")
+    x.add_argument("--n", type=_positive_int("--n"), default=1000, help="points on the map (default 1000)")
+    x.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1, this machine only; another one prints a warning)")
+    x.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    x.add_argument("--seed", type=int, default=0, help="which data items are mapped (default 0)")
+
+    b = sub.add_parser("bend", help="network bending: transforms inside the decoder, at inference only")
+    b.add_argument("run", help="run folder or snapshot .safetensors")
+    b.set_defaults(steps=[])
+    b.add_argument("--layer", dest="steps", action=_Ordered, metavar="L",
+                   help="decoder layer the following --transform(s) act after (see --list-layers)")
+    b.add_argument("--transform", dest="steps", action=_Ordered, metavar="NAME[:PARAMS]",
+                   help="translate:X,Y scale:F rotate:DEG erode:K dilate:K multiply:F threshold:T flip-h flip-v "
+                        "invert ablate (repeatable; they chain)")
+    b.add_argument("--channels", dest="steps", action=_Ordered, metavar="SPEC",
+                   help="channels of the transform before it: all (default), random:P, cluster:K, or 0,3,5")
+    b.add_argument("--clusters", type=_positive_int("--clusters"), default=5,
+                   help="k-means groups per layer for cluster:K (default 5; saved beside the run)")
+    b.add_argument("--config", help="a JSON or YAML list of bends ({layer, transform, params, channels})")
+    b.add_argument("--n", type=_positive_int("--n"), default=16, help="images (default 16)")
+    b.add_argument("--seed", type=int, default=0, help="which samples (default 0)")
+    b.add_argument("--compare", action="store_true", help="put the unbent images above the bent ones")
+    b.add_argument("--animate", metavar="PARAM=A:B",
+                   help="a GIF sweeping one parameter of the last transform that has it, e.g. angle=0:360")
+    b.add_argument("--frames", type=_positive_int("--frames"), default=24, help="GIF frames for --animate (default 24)")
+    b.add_argument("--list-layers", action="store_true", help="print the decoder's layers and their shapes, then exit")
+    b.add_argument("--out", help="output .png (.gif with --animate)")
 
 
 # ---- commands ---------------------------------------------------------------------------------
@@ -464,19 +506,104 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def cmd_explore(a) -> int:
+    from .web.server import Explorer, missing_web_extra, serve
+
+    msg = missing_web_extra()
+    if msg:
+        raise UserError(msg)
+    m = _load(a.run)
+    ds = None if a.data == "none" else (_data_for(m, a.data) if a.data or m.meta.get("train", {}).get("data") else None)
+    if not 0 <= a.port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, got {a.port}")
+    print(f"encoding {a.n if ds is not None else 0} items for the map ...", file=sys.stderr, flush=True)
+    ex = Explorer(m, ds, n=a.n, seed=a.seed)
+    try:
+        serve(ex, host=a.host, port=a.port)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise UserError(str(e)) from None
+    return 0
+
+
+def cmd_bend(a) -> int:
+    import torch
+
+    from . import bending
+    from .viz.grid import make_grid, save_gif, save_image
+
+    m = _load(a.run)
+    if a.list_layers:
+        found = bending.layers(m)
+        if not found:
+            raise UserError(f"this {m.name} model's decoder has no convolutional layers to bend")
+        for name, shape in found.items():
+            print(f"{name:<16} {' x '.join(map(str, shape))}")
+        return 0
+    bends = bending.load_bends(a.config) if a.config else []
+    layer = None
+    for kind, val in a.steps:
+        if kind == "layer":
+            layer = val
+        elif kind == "transform":
+            if layer is None:
+                raise UserError(f"--transform {val} needs a --layer before it (see calae bend RUN --list-layers)")
+            bends.append(bending.Bend(layer, val, n_clusters=a.clusters))
+        else:
+            if not bends:
+                raise UserError("--channels belongs to the --transform before it; give a --transform first")
+            last = bends[-1]
+            bends[-1] = bending.Bend(last.layer, last.transform, val, last.seed, last.n_clusters)
+    if not bends:
+        raise UserError("no bend given: pass --layer L --transform NAME[:PARAMS] (or --config FILE)")
+    if not a.out:
+        raise UserError("--out is required (a .png, or a .gif with --animate)")
+    opts = m.display_options()
+    codes = m.sample_latents(a.n, a.seed)
+    nrow = min(a.n, 8)
+
+    def picture(bs):
+        with m.bend(*bs):
+            bent = m.decode(codes, **opts)
+        return make_grid(torch.cat([m.decode(codes, **opts), bent]) if a.compare else bent, nrow=nrow)
+
+    if a.animate:
+        if not a.out.endswith(".gif"):
+            raise UserError(f"--animate writes a GIF: --out must end in .gif, got {a.out!r}")
+        param, _, rng = a.animate.partition("=")
+        try:
+            lo, hi = (float(v) for v in rng.split(":"))
+        except ValueError:
+            raise UserError(f"--animate takes PARAM=A:B, as angle=0:360; got {a.animate!r}") from None
+        idx = [i for i, b in enumerate(bends) if param in bending.TRANSFORMS[b.name].params]
+        if not idx:
+            raise UserError(f"no transform given has a parameter {param!r}")
+        frames = []
+        for t in torch.linspace(lo, hi, a.frames).tolist():
+            bs = list(bends)
+            bs[idx[-1]] = bends[idx[-1]].with_param(param, round(t, 6))
+            frames.append(picture(bs))
+        save_gif(frames, a.out, duration_ms=80, upscale=max(1, 256 // max(frames[0].shape[-2:])))
+    else:
+        save_image(picture(bends), a.out, upscale=max(1, 128 // m.info.resolution))
+    print(a.out)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
             "interpolate": cmd_interpolate, "encode": cmd_encode, "latents": cmd_latents, "eval": cmd_eval,
-            "list": cmd_list, "fractals": cmd_fractals, "demo": cmd_demo}
+            "list": cmd_list, "fractals": cmd_fractals, "demo": cmd_demo, "explore": cmd_explore,
+            "bend": cmd_bend}
 
 
 def _user_errors() -> tuple[type, ...]:
     from .api import APIError
+    from .bending import BendError
     from .config import ConfigError
     from .data.base import DataError
     from .metrics import MetricError
     from .training.checkpoint import CheckpointError
 
-    return (UserError, APIError, ConfigError, DataError, CheckpointError, MetricError, FileNotFoundError,
+    return (UserError, APIError, BendError, ConfigError, DataError, CheckpointError, MetricError, FileNotFoundError,
             PermissionError)
 
 

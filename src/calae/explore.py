@@ -150,3 +150,61 @@ def project_2d(codes: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndar
     c = codes - codes.mean(0)
     _, _, vt = np.linalg.svd(c, full_matrices=False)
     return c @ vt[:2].T
+
+
+def projections() -> list[str]:
+    """The 2-D projections available here: PCA always, t-SNE with scikit-learn, UMAP with umap-learn."""
+    import importlib.util
+
+    out = ["pca"]
+    if importlib.util.find_spec("sklearn") is not None:
+        out.append("tsne")
+    if importlib.util.find_spec("umap") is not None:
+        out.append("umap")
+    return out
+
+
+class LatentMap:
+    """A 2-D map of codes [N, d] that can also go back: ``code_at(u, v)`` is the code of any point
+    of the plane. PCA is linear, so its inverse is exact within the plane of the two principal axes
+    (mean + u·v1 + v·v2); t-SNE and UMAP have no inverse, so a point gets the inverse-distance
+    weighted mean of the codes of its k nearest mapped neighbours (the seed-004 explorer's
+    behaviour: hovering between two digits blends them)."""
+
+    def __init__(self, codes, method: str = "pca", seed: int = 0, k: int = 6):
+        codes = np.asarray(codes, dtype=np.float64)
+        self.codes, self.method, self.k = codes, method, k
+        self.mean = codes.mean(0)
+        if method == "pca" or codes.shape[1] <= 2:
+            c = codes - self.mean
+            _, _, vt = np.linalg.svd(c, full_matrices=False)
+            self.axes = vt[:2] if codes.shape[1] > 2 else np.eye(2, codes.shape[1])
+            self.xy = c @ self.axes.T
+        elif method == "umap":
+            try:
+                import umap
+            except ImportError as e:
+                raise ValueError("UMAP needs umap-learn: pip install umap-learn (or use pca)") from e
+            self.xy = umap.UMAP(n_components=2, random_state=seed).fit_transform(codes)
+        else:
+            self.xy = project_2d(codes, method, seed)
+        self.xy = np.asarray(self.xy, dtype=np.float64)
+
+    def code_at(self, u: float, v: float) -> np.ndarray:
+        if self.method == "pca" or self.codes.shape[1] <= 2:
+            return self.mean + np.array([u, v]) @ self.axes
+        d = np.hypot(self.xy[:, 0] - u, self.xy[:, 1] - v)
+        near = np.argsort(d)[: self.k]
+        wts = 1.0 / np.maximum(d[near], 1e-9) ** 2
+        return (wts[:, None] * self.codes[near]).sum(0) / wts.sum()
+
+
+def principal_directions(model, k: int = 8, n: int = 2000, seed: int = 0):
+    """GANSpace (Härkönen et al. 2020): the top-k principal directions of n codes drawn from the
+    model's latent (``sample_latents``: z, or w = F(z) for ALAE). Returns (mean [d], unit
+    directions [k, d], standard deviations along them [k]); a slider moves a code by s·σ_i·v_i."""
+    w = as_model(model).sample_latents(n, seed).double()
+    mean = w.mean(0)
+    _, s, vt = torch.linalg.svd(w - mean, full_matrices=False)
+    k = min(k, vt.shape[0])
+    return mean.float(), vt[:k].float(), (s[:k] / max(1.0, (n - 1)) ** 0.5).float()

@@ -1,0 +1,1 @@
+"""``calae explore``: the latent-space explorer in the browser (needs the ``web`` extra)."""

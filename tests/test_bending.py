@@ -1,0 +1,188 @@
+"""Network bending: each transform on a hand case, channel selection, clusters, and hooks on real
+decoders (vae and StyleALAE) that bend only while applied and leave the output bit-identical after."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import calae.api as ca
+from calae import bending
+from calae.bending import Bend, BendError, transform
+from calae.config import TrainConfig
+from calae.training import Trainer
+
+from conftest import ROOT, tiny_model_cfg
+
+
+def asym() -> torch.Tensor:
+    """An asymmetric 3×3 map [1, 1, 3, 3]: 0..8 row by row."""
+    return torch.arange(9.0).view(1, 1, 3, 3)
+
+
+# ---- transforms on hand cases ----------------------------------------------------------------
+def test_rotate_90_of_an_asymmetric_map():
+    x = asym()
+    # counter-clockwise as seen: the top row's right end (2) goes to the top-left corner
+    assert transform(x, "rotate", 90)[0, 0].tolist() == [[2, 5, 8], [1, 4, 7], [0, 3, 6]]
+    assert torch.equal(transform(x, "rotate", 180)[0, 0], x[0, 0].flip(0).flip(1))
+    assert torch.equal(transform(x, "rotate", 360), x)
+    # the resampling path (any angle) agrees with the exact one at 90°
+    x5 = torch.randn(2, 3, 5, 5)
+    assert torch.allclose(bending._rotate_resampled(x5, 90.0), torch.rot90(x5, 1, dims=(-2, -1)), atol=1e-5)
+    y = transform(x5, "rotate", 30)
+    assert y.shape == x5.shape and not torch.allclose(y, x5)
+
+
+def test_dilate_and_erode_of_a_single_pixel():
+    x = torch.zeros(1, 1, 5, 5)
+    x[0, 0, 2, 2] = 1
+    d = transform(x, "dilate", 3)
+    want = torch.zeros(5, 5)
+    want[1:4, 1:4] = 1
+    assert torch.equal(d[0, 0], want)  # one pixel grows to a 3×3 square
+    assert torch.equal(transform(d, "erode", 3), x)  # and the square erodes back to it
+    assert torch.equal(transform(x, "erode", 3), torch.zeros_like(x))
+    with pytest.raises(BendError, match="odd whole number"):
+        Bend("a", "dilate:2")
+
+
+def test_translate_scale_flip_and_the_numeric_transforms():
+    x = asym()
+    t = transform(x, "translate", 1 / 3, 0)  # one pixel right; what moves in is zero
+    assert t[0, 0].tolist() == [[0, 0, 1], [0, 3, 4], [0, 6, 7]]
+    assert transform(x, "translate", 0, -1 / 3)[0, 0].tolist() == [[3, 4, 5], [6, 7, 8], [0, 0, 0]]
+    assert torch.equal(transform(x, "translate", 1, 0), torch.zeros_like(x))
+    assert torch.equal(transform(x, "scale", 1.0), x)
+    sq = torch.zeros(1, 1, 8, 8)
+    sq[0, 0, 2:6, 2:6] = 1  # a centred 4×4 square
+    z = transform(sq, "scale", 2.0)[0, 0]  # doubled (bilinear): ones from pixel 1 to 6, a soft edge
+    assert torch.allclose(z[1:7, 1:7], torch.ones(6, 6), atol=1e-6) and 0 < z[0, 0] < 1
+    s = transform(sq, "scale", 0.5)[0, 0]  # halved: a 2×2 square, zeros around it
+    assert torch.allclose(s[3:5, 3:5], torch.ones(2, 2), atol=1e-6) and float(s[:2].abs().sum()) == 0
+    assert transform(x, "flip-h")[0, 0, 0].tolist() == [2, 1, 0]
+    assert transform(x, "flip-v")[0, 0, :, 0].tolist() == [6, 3, 0]
+    assert torch.equal(transform(x, "multiply", 2), 2 * x)
+    assert transform(x, "threshold", 4.5)[0, 0].tolist() == [[0, 0, 0], [0, 0, 1], [1, 1, 1]]
+    assert torch.equal(transform(x, "invert"), 8 - x)  # min + max - x
+    assert torch.equal(transform(torch.randn(2, 4, 3, 3), "ablate"), torch.zeros(2, 4, 3, 3))
+
+
+def test_bend_specs_parse_and_refuse_bad_ones():
+    b = Bend("blocks.1", "translate:0.25")
+    assert (b.name, b.params) == ("translate", (0.25, 0.0))  # missing parameters take the defaults
+    assert Bend("blocks.1", "rotate:10").with_param("angle", 45).params == (45.0,)
+    for spec, msg in [("spin:3", "unknown transform 'spin'"), ("rotate:a", "must be numbers"),
+                      ("rotate:1,2", "rotate takes 1 parameter"), ("scale:0", "scale factor must be > 0")]:
+        with pytest.raises(BendError, match=msg):
+            Bend("x", spec)
+    with pytest.raises(BendError, match="channels must be all, random:P"):
+        Bend("x", "invert", channels="some")
+    assert [b.name for b in bending.parse_bends([{"layer": "a", "transform": "rotate", "params": [90]},
+                                                 {"layer": "a", "transform": "ablate", "channels": "0,2"}])] == \
+        ["rotate", "ablate"]
+    with pytest.raises(BendError, match="unknown key"):
+        bending.parse_bends([{"layer": "a", "transform": "ablate", "colour": 1}])
+
+
+def test_a_channel_mask_touches_only_its_channels():
+    x = torch.randn(2, 4, 3, 3)
+    mask = torch.tensor([False, True, False, True])
+    y = Bend("l", "ablate").apply(x, mask)
+    assert torch.equal(y[:, [0, 2]], x[:, [0, 2]]) and torch.equal(y[:, [1, 3]], torch.zeros(2, 2, 3, 3))
+
+
+def test_clusters_group_channels_whose_maps_look_alike_and_are_deterministic():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(3, 32, 6, 6, generator=g)  # three activation patterns over 32 samples
+    group = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2])
+    scale = 0.5 + torch.rand(12, generator=g)  # different magnitudes: the embedding ignores them
+    acts = base[group].transpose(0, 1) * scale[None, :, None, None] + 0.05 * torch.randn(32, 12, 6, 6, generator=g)
+    labels = bending.cluster_channels(acts, 3, seed=1)
+    for k in range(3):  # each true group is one cluster, and the three clusters differ
+        assert len(set(labels[group == k].tolist())) == 1
+    assert len(set(labels.tolist())) == 3
+    assert torch.equal(labels, bending.cluster_channels(acts, 3, seed=1))
+
+
+# ---- on trained decoders --------------------------------------------------------------------------
+def train(method, out, data="fractals"):
+    cfg = TrainConfig(method=method, data=data, resolution=16, kimg=0.032, batch_size=16, precision="fp32",
+                      sample_every_kimg=100, snapshot_every_kimg=100, n_data=64)
+    Trainer(cfg, tiny_model_cfg(method), out, progress=False, pictures=False).run()
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bend")
+    return {m: train(m, root / m) for m in ("vae", "alae")}
+
+
+@pytest.mark.parametrize("method", ["vae", "alae"])
+def test_a_bend_changes_the_output_only_while_applied(runs, method):
+    m = ca.load(runs[method])
+    found = bending.layers(m)
+    assert found and all(len(s) == 3 for s in found.values())
+    layer = next(iter(found))  # the first feature map: its change reaches the image
+    codes = m.sample_latents(4, seed=0)
+    before = m.decode(codes)
+    with m.bend(Bend(layer, "rotate:90"), Bend(layer, "multiply:3")):
+        bent = m.decode(codes)
+        assert len(m.decoder.get_submodule(layer)._forward_hooks) == 1
+    after = m.decode(codes)
+    assert not torch.equal(bent, before)
+    assert torch.equal(after, before)  # hooks removed: bit-identical
+    assert all(not mod._forward_hooks for mod in m.decoder.modules())
+    with pytest.raises(RuntimeError):  # removed on an error inside the block too
+        with m.bend(Bend(layer, "ablate")):
+            raise RuntimeError
+    assert torch.equal(m.decode(codes), before)
+    with pytest.raises(BendError, match="no feature-map layer 'nope'; its layers: "):
+        with m.bend(Bend("nope", "ablate")):
+            pass
+
+
+def test_cluster_channels_of_a_run_are_saved_beside_it_and_reused(runs):
+    m = ca.load(runs["vae"])
+    layer = "blocks.0"
+    labels = bending.clusters(m, layer, k=3, seed=0)
+    assert len(labels) == bending.layers(m)[layer][0] and set(labels) <= {0, 1, 2}
+    saved = json.loads((runs["vae"] / "bend_clusters.json").read_text())
+    assert list(saved.values()) == [labels]
+    bending._MEMO.clear()
+    m2 = ca.load(runs["vae"])
+    assert bending.clusters(m2, layer, k=3, seed=0) == labels  # read back from the file
+    codes = m.sample_latents(2, seed=0)
+    sel = [c for c in range(len(labels)) if labels[c] == 0]
+    with m.bend(Bend(layer, "ablate", channels="cluster:0", n_clusters=3)):
+        a = m.decode(codes)
+    with m.bend(Bend(layer, "ablate", channels=",".join(map(str, sel)))):
+        b = m.decode(codes)
+    assert torch.equal(a, b)  # cluster:0 is exactly those channels
+
+
+def test_bend_cli_writes_pictures_and_gifs(runs, tmp_path, cli_env):
+    run = str(runs["vae"])
+    cfg = tmp_path / "bends.json"
+    cfg.write_text(json.dumps({"bends": [{"layer": "blocks.0", "transform": "dilate", "params": [3]}]}))
+
+    def calae(*args):
+        return subprocess.run([sys.executable, "-m", "calae", "bend", run, *args], capture_output=True, text=True,
+                              env=cli_env, cwd=ROOT, timeout=120)
+
+    r = calae("--layer", "blocks.0", "--transform", "rotate:90", "--channels", "random:0.5", "--layer", "blocks.2",
+              "--transform", "flip-h", "--config", str(cfg), "--n", "4", "--compare", "--out", str(tmp_path / "b.png"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "b.png").stat().st_size > 0
+    r = calae("--layer", "blocks.0", "--transform", "rotate", "--animate", "angle=0:180", "--frames", "3", "--n", "2",
+              "--out", str(tmp_path / "b.gif"))
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+
+    assert Image.open(tmp_path / "b.gif").n_frames == 3
+    r = calae("--layer", "nope", "--transform", "ablate", "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "its layers: blocks.0" in r.stderr
+    r = calae("--list-layers")
+    assert r.returncode == 0 and r.stdout.startswith("blocks.0")
