@@ -5,6 +5,7 @@ Specs:
   mnist:DIR                                                                     IDX files
   digits                                                 scikit-learn's bundled 8x8 digits
   toy:8gaussians | toy:2spirals | toy:checkerboard | toy:rings                  2-D points
+  video:PATH[?every=K,start=S,end=S,crops=N,crop=SIDE]     frames of a video file or folder
   any other string                                                         a folder of images
 """
 from __future__ import annotations
@@ -16,8 +17,8 @@ __all__ = ["Batch", "DataError", "DataInfo", "Dataset", "TensorDataset", "open_d
            "to_model_range", "from_model_range", "parse_spec", "DEFAULT_RESOLUTION", "DEFAULT_CHANNELS"]
 
 # Sensible defaults per source; the user overrides with --resolution / --channels.
-DEFAULT_RESOLUTION = {"fractals": 64, "mnist": 28, "digits": 16, "folder": 64}
-DEFAULT_CHANNELS = {"fractals": 3, "mnist": 1, "digits": 1, "folder": 3}
+DEFAULT_RESOLUTION = {"fractals": 64, "mnist": 28, "digits": 16, "folder": 64, "video": 64}
+DEFAULT_CHANNELS = {"fractals": 3, "mnist": 1, "digits": 1, "folder": 3, "video": 3}
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -92,3 +93,13 @@ def _folder(arg: str, resolution: int, channels: int, fit: str = "crop", n: int 
     from .folder import ImageFolder
 
     return ImageFolder(arg, resolution=resolution, channels=channels, fit=fit, limit=n)
+
+
+@register(DATASETS, "video")
+def _video(arg: str, resolution: int, channels: int, fit: str = "crop", n: int | None = None, seed: int = 0,
+           **kw) -> Dataset:
+    from .video import VideoFrames, parse_video_spec
+
+    path, opts = parse_video_spec(arg)
+    return VideoFrames(path, resolution=resolution, channels=channels, fit=fit, limit=n, seed=seed, **opts,
+                       **{k: v for k, v in kw.items() if k in ("cache_dir", "cache_bytes")})
