@@ -16,7 +16,7 @@ $(VENV)/.base: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
-	$(BIN)/pip install -q -e '.[test,web]'
+	$(BIN)/pip install -q -e '.[test,web,video]'
 	touch $@
 
 demo: $(VENV)/.base
