@@ -14,7 +14,8 @@ from pathlib import Path
 
 from . import __version__
 
-EPILOG = "Data specs: fractals[:kali|julia|mandelbrot|mix], mnist:DIR, digits, toy:NAME, or a folder of images."
+EPILOG = ("Data specs: fractals[:kali|julia|mandelbrot|mix], mnist:DIR, digits, toy:NAME, "
+          "video:PATH[?every=K,start=S,end=S,crops=N,crop=SIDE] (pip install 'calae[video]'), or a folder of images.")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -124,13 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="which images (default 0)")
     r.add_argument("--out", required=True, help="output .png (real/reconstruction rows) or .npz")
 
-    i = sub.add_parser("interpolate", help="linear interpolations in code space between real images (GIF + PNG strip)")
+    i = sub.add_parser("interpolate", help="linear interpolations in code space between real images (GIF or MP4 + PNG strip)")
     i.add_argument("run", help="run folder or snapshot .safetensors")
     i.add_argument("--data", help="data spec (default: the run's training data)")
     i.add_argument("--steps", type=_positive_int("--steps"), default=16, help="frames per interpolation (default 16)")
     i.add_argument("--pairs", type=_positive_int("--pairs"), default=4, help="pairs shown side by side (default 4)")
     i.add_argument("--seed", type=int, default=0, help="which images (default 0)")
-    i.add_argument("--out", required=True, help="output .gif (a .png strip is written beside it)")
+    i.add_argument("--out", required=True, help="output .gif or .mp4 (MP4 needs calae[video]; a .png strip is written beside it)")
 
     e = sub.add_parser("encode", help="codes of real images, with labels/parameters, as .npz")
     e.add_argument("run", help="run folder or snapshot .safetensors")
@@ -159,14 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="methods, presets, datasets, priors and metrics")
 
-    f = sub.add_parser("fractals", help="render the procedural fractal dataset to PNGs")
+    f = sub.add_parser("fractals", help="render the procedural fractal dataset to PNGs, or a parameter sweep to video")
     f.add_argument("--n", type=_positive_int("--n"), default=64, help="number of images (default 64)")
     f.add_argument("--resolution", type=_positive_int("--resolution"), default=64, help="image side (default 64)")
     f.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 or 3 (default 3)")
     f.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     f.add_argument("--family", default="any", help="any, kali, julia, mandelbrot or mix (default any)")
     f.add_argument("--supersample", type=_positive_int("--supersample"), default=1, help="k x k samples per pixel")
-    f.add_argument("--out", required=True, help="output folder (PNGs, params.jsonl, preview.png)")
+    f.add_argument("--out", help="output folder (PNGs, params.jsonl, preview.png)")
+    f.add_argument("--video", metavar="OUT.mp4", help="write a video of one image with --sweep parameters moving "
+                   "(.mp4 .webm .mkv .mov; needs calae[video]); OUT.json beside it records how to reproduce it")
+    f.add_argument("--sweep", action="append", default=[], metavar="PARAM=A:B",
+                   help="with --video: a renderer parameter moved linearly from A to B, e.g. c_re=-0.8:-0.7, "
+                        "log_zoom=0:4 (repeatable: c_re and c_im together move c along a line)")
+    f.add_argument("--frames", type=_positive_int("--frames"), default=120, help="video frames (default 120)")
+    f.add_argument("--fps", type=_positive_float("--fps"), default=30.0, help="video frame rate (default 30)")
+    f.add_argument("--index", type=int, default=0, help="with --video: which image of the dataset starts the sweep")
 
     d = sub.add_parser("demo", help="the README's demo: train a VAE on fractals, write pictures")
     d.add_argument("--out", default="demo", help="output folder (default demo)")
@@ -210,7 +219,8 @@ def _explore_parsers(sub) -> None:
     b.add_argument("--seed", type=int, default=0, help="which samples (default 0)")
     b.add_argument("--compare", action="store_true", help="put the unbent images above the bent ones")
     b.add_argument("--animate", metavar="PARAM=A:B",
-                   help="a GIF sweeping one parameter of the last transform that has it, e.g. angle=0:360")
+                   help="a GIF (or MP4, with --out .mp4) sweeping one parameter of the last transform that has it, "
+                        "e.g. angle=0:360")
     b.add_argument("--frames", type=_positive_int("--frames"), default=24, help="GIF frames for --animate (default 24)")
     b.add_argument("--list-layers", action="store_true", help="print the decoder's layers and their shapes, then exit")
     b.add_argument("--out", help="output .png (.gif with --animate)")
@@ -376,7 +386,7 @@ def cmd_reconstruct(a) -> int:
 def cmd_interpolate(a) -> int:
     from . import explore
 
-    _check_out(a.out, (".gif",))
+    _check_out(a.out, (".gif", ".mp4"))
     m = _load(a.run)
     if m.info.kind != "image":
         raise UserError("interpolate draws images; this model was trained on points")
@@ -473,9 +483,36 @@ def cmd_fractals(a) -> int:
 
     if a.family not in FAMILIES:
         raise UserError(f"--family must be one of {', '.join(FAMILIES)}; got {a.family!r}")
+    if a.video or a.sweep:
+        return _fractal_video(a)
+    if not a.out:
+        raise UserError("give --out FOLDER (PNGs), or --video OUT.mp4 with --sweep PARAM=A:B")
     out = export(a.out, a.n, resolution=a.resolution, seed=a.seed, family=a.family, channels=a.channels,
                  supersample=a.supersample)
     print(f"wrote {a.n} images, params.jsonl and preview.png to {out}")
+    return 0
+
+
+def _fractal_video(a) -> int:
+    from .viz.video import VIDEO_OUT_EXTENSIONS, fractal_sweep, parse_sweep, save_video
+
+    if not a.video:
+        raise UserError("--sweep makes a video: add --video OUT.mp4")
+    if Path(a.video).is_dir() or not a.video.lower().endswith(VIDEO_OUT_EXTENSIONS):
+        raise UserError(f"--video {a.video}: give a video file name ending in {' '.join(VIDEO_OUT_EXTENSIONS)}")
+    if a.out:
+        raise UserError("--video writes one video; leave out --out (that writes a folder of PNGs)")
+    if not a.sweep:
+        raise UserError("--video needs at least one --sweep PARAM=A:B, e.g. --sweep c_re=-0.8:-0.7")
+    sweeps = [parse_sweep(s) for s in a.sweep]
+    x, _ = fractal_sweep(sweeps, a.frames, seed=a.seed, index=a.index, family=a.family, resolution=a.resolution,
+                         channels=a.channels, supersample=a.supersample, progress=True)
+    out = save_video(list(x), a.video, fps=a.fps)
+    how = {"seed": a.seed, "family": a.family, "index": a.index, "frames": a.frames, "fps": a.fps,
+           "resolution": a.resolution, "channels": a.channels, "supersample": a.supersample,
+           "sweep": [{"param": n, "from": lo, "to": hi} for n, lo, hi in sweeps]}
+    Path(out).with_suffix(".json").write_text(json.dumps(how, indent=1) + "\n")
+    print(f"wrote {a.frames} frames to {out} (and {Path(out).with_suffix('.json').name})")
     return 0
 
 
@@ -567,8 +604,8 @@ def cmd_bend(a) -> int:
         return make_grid(torch.cat([m.decode(codes, **opts), bent]) if a.compare else bent, nrow=nrow)
 
     if a.animate:
-        if not a.out.endswith(".gif"):
-            raise UserError(f"--animate writes a GIF: --out must end in .gif, got {a.out!r}")
+        if not a.out.endswith((".gif", ".mp4")):
+            raise UserError(f"--animate writes a GIF or an MP4: --out must end in .gif or .mp4, got {a.out!r}")
         param, _, rng = a.animate.partition("=")
         try:
             lo, hi = (float(v) for v in rng.split(":"))
@@ -582,7 +619,12 @@ def cmd_bend(a) -> int:
             bs = list(bends)
             bs[idx[-1]] = bends[idx[-1]].with_param(param, round(t, 6))
             frames.append(picture(bs))
-        save_gif(frames, a.out, duration_ms=80, upscale=max(1, 256 // max(frames[0].shape[-2:])))
+        if a.out.endswith(".mp4"):
+            from .viz.video import save_video
+
+            save_video(frames, a.out, fps=12.5, upscale=max(1, 256 // max(frames[0].shape[-2:])))
+        else:
+            save_gif(frames, a.out, duration_ms=80, upscale=max(1, 256 // max(frames[0].shape[-2:])))
     else:
         save_image(picture(bends), a.out, upscale=max(1, 128 // m.info.resolution))
     print(a.out)

@@ -93,9 +93,15 @@ def write_interpolation(model, x: torch.Tensor, out: str | Path, pairs: int = 4,
     frames = interpolation_frames(model, x, pairs, steps)
     strip = out.with_suffix(".png")
     # ping-pong so the loop is smooth
-    save_gif(frames + frames[-2:0:-1], out.with_suffix(".gif"), duration_ms=90, upscale=_upscale(frames[0]))
+    if out.suffix.lower() == ".mp4":
+        from .viz.video import save_video
+
+        movie = save_video(frames + frames[-2:0:-1], out, fps=1000 / 90, upscale=_upscale(frames[0]))
+    else:
+        movie = out.with_suffix(".gif")
+        save_gif(frames + frames[-2:0:-1], movie, duration_ms=90, upscale=_upscale(frames[0]))
     save_image(interpolation_strip(frames), strip, upscale=_upscale(frames[0]))
-    return [out.with_suffix(".gif"), strip]
+    return [movie, strip]
 
 
 def _upscale(img: torch.Tensor) -> int:
