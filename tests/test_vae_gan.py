@@ -330,3 +330,33 @@ def test_vae_gan_learns_to_reconstruct_and_gan_moves_toward_the_data(tmp_path):
     gtr.method.eval()
     # one thread: the GAN's path depends on the reduction order; from 0.358 it falls to 0.174 (0.49x) here
     assert mean_gap() < 0.6 * g0, (g0, mean_gap())
+
+
+# ---- seed 004's presets on a folder of rectangles ------------------------------------------------------------
+def test_folder_presets_crop_rectangles_and_their_networks_fit_init_from(tmp_path):
+    """vae-folder-64 -> gan-folder-64 / vae-gan-folder-64 is the seed's recipe: the three presets
+    centre-crop non-square images (--fit crop) to 64 px squares and build E/G of the same shapes,
+    so --init-from copies every tensor."""
+    import numpy as np
+    from PIL import Image
+
+    from calae.registry import PRESETS, load_all
+
+    load_all()
+    folder = tmp_path / "rects"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate(((96, 54), (54, 96), (80, 80), (120, 40))):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    built = {}
+    for name in ("vae-folder-64", "gan-folder-64", "vae-gan-folder-64"):
+        pr = PRESETS[name]
+        assert pr["train"]["fit"] == "crop" and pr["train"]["resolution"] == 64
+        cfg = TrainConfig(method=pr["method"], data=str(folder), kimg=0.01, precision="fp32",
+                          **{k: v for k, v in pr["train"].items() if k != "kimg"})
+        tr = Trainer(cfg, dict(pr["model"]), None, progress=False, pictures=False)
+        assert tuple(tr.dataset.get(torch.arange(4)).x.shape) == (4, 3, 64, 64)
+        built[name] = {n: {k: v.shape for k, v in net.state_dict().items()} for n, net in tr.method.nets.items()}
+    vae = built["vae-folder-64"]
+    assert built["gan-folder-64"]["G"] == vae["G"]
+    assert built["vae-gan-folder-64"]["G"] == vae["G"] and built["vae-gan-folder-64"]["E"] == vae["E"]
