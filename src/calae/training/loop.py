@@ -405,6 +405,10 @@ class Trainer:
                     frames.append(torch.from_numpy(__import__("numpy").array(Image.open(p).convert("RGB"))).permute(2, 0, 1))
             if frames:
                 save_gif(frames + [frames[-1]] * 5, self.out / "progress.gif", duration_ms=150)
+                from ..viz.video import save_video, video_available
+
+                if video_available():  # the same movie without the GIF's 256 colours (calae[video])
+                    save_video(frames + [frames[-1]] * 5, self.out / "progress.mp4", fps=1000 / 150)
 
     def _metrics(self) -> dict:
         names = [m for m in self.cfg.metrics.split(",") if m]
