@@ -465,7 +465,7 @@ def cmd_list(a) -> int:
     print("methods:  " + ", ".join(sorted(METHODS)))
     print("datasets: " + ", ".join(["fractals", *[f"fractals:{f}" for f in FAMILIES if f != "any"], "mnist:DIR",
                                     "digits", "toy:8gaussians", "toy:2spirals", "toy:checkerboard", "toy:rings",
-                                    "PATH (folder of images)"]))
+                                    "video:PATH", "PATH (folder of images)"]))
     if PRIORS:
         print("priors:   " + ", ".join(sorted(PRIORS)))
     if METRICS:
