@@ -8,6 +8,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# CLI runs (in-process and the subprocesses cli_env starts) keep the CPU-feature precision rule and
+# these thread counts: measuring alternatives is tested on its own (test_runtime, test_newcomer)
+os.environ.setdefault("CALAE_CALIBRATE", "0")
 
 
 def tiny_model_cfg(method: str, info_kind: str = "image") -> dict:

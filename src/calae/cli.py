@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 
+DEMO_SECONDS = 120.0  # `calae demo`'s default training time
 EPILOG = ("Data specs: fractals[:kali|julia|mandelbrot|mix], mnist:DIR, digits, toy:NAME, "
           "video:PATH[?every=K,start=S,end=S,crops=N,crop=SIDE] (pip install 'calae[video]'), or a folder of images.")
 
@@ -179,7 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the README's demo: train a VAE on fractals, write pictures")
     d.add_argument("--out", default="demo", help="output folder (default demo)")
-    d.add_argument("--kimg", type=_positive_float("--kimg"), help="training budget (default: the demo preset's)")
+    dg = d.add_mutually_exclusive_group()
+    dg.add_argument("--seconds", type=_positive_float("--seconds"), default=DEMO_SECONDS,
+                    help=f"training time on this machine (default {DEMO_SECONDS:.0f}); the budget in images is set "
+                         "from a few timed steps")
+    dg.add_argument("--kimg", type=_positive_float("--kimg"), help="training budget in thousands of images instead")
+    d.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: the faster of fp32 and bf16, measured on this machine")
+    d.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the faster of 1 and all "
+                   "cores, measured on this machine)")
     _explore_parsers(sub)
     return p
 
@@ -275,7 +284,7 @@ def cmd_train(a) -> int:
             model[key] = getattr(a, key)
     apply_overrides(tr, model, METHODS[a.method].Config, a.sets)
     cfg = from_dict(TrainConfig, tr, "training config")
-    res = train(cfg, model, a.out, force=a.force, dry_run=a.dry_run, progress=not a.no_progress)
+    res = train(cfg, model, a.out, force=a.force, dry_run=a.dry_run, progress=not a.no_progress, calibrate=True)
     if not a.dry_run and int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {res['kimg']:.2f} kimg in {res['time_s']:.0f} s ({res['skipped']} skipped steps); "
               f"run folder: {res['out']}")
@@ -517,22 +526,50 @@ def _fractal_video(a) -> int:
 
 
 def cmd_demo(a) -> int:
-    """Train the demo VAE on fractals and write every picture the README shows."""
+    """Train the demo model on fractals for a time budget on this machine and write every picture
+    the README shows. What it does and how long it will take are printed before the progress bar."""
+    import time
+
     from . import explore
     from .config import TrainConfig, from_dict, preset
     from .data import open_dataset
     from .api import load
-    from .training import train
+    from .training import Trainer
+    from .training.runtime import format_duration
     from .viz.grid import save_image
 
     out = Path(a.out)
-    pr = preset("vae-demo")
-    tr = dict(pr["train"], method="vae", sample_every_kimg=2.0, snapshot_every_kimg=5.0)
-    if a.kimg:
-        tr["kimg"] = a.kimg
-    train(from_dict(TrainConfig, tr), dict(pr["model"]), out / "run")
+    name = "vae-demo"
+    pr = preset(name)
+    tr = dict(pr["train"], method=pr["method"], sample_every_kimg=2.0, snapshot_every_kimg=5.0,
+              precision=a.precision, threads=a.threads)
+    cfg = from_dict(TrainConfig, tr)
+    print(f"demo: trains {pr['method']} (preset {name}: {pr['doc']}) on {cfg.n_data or 'the'} {cfg.resolution} px "
+          f"fractal images, then writes samples, reconstructions, an interpolation GIF and a latent map to {out}/",
+          file=sys.stderr, flush=True)
+    trainer = Trainer(cfg, dict(pr["model"]), out / "run", calibrate=True)
+    rt = trainer.setup_runtime()
+    if a.kimg or rt is None or not rt.img_per_s:  # under torchrun nothing is measured: the preset's budget
+        kimg, why = (a.kimg, "--kimg") if a.kimg else (cfg.kimg, f"preset {name}")
+    else:
+        kimg = max(trainer.images_per_step / 1000.0, round(a.seconds * rt.img_per_s / 1000.0, 1))
+        why = f"{a.seconds:.0f} s at {rt.img_per_s:.1f} img/s"
+        for _ in range(3):  # the estimate counts data loading too: shrink the budget to the time asked
+            trainer.set_budget(kimg)
+            est = trainer.estimate_seconds()
+            if est is None or est <= a.seconds * 1.05:
+                break
+            kimg = max(trainer.images_per_step / 1000.0, round(kimg * a.seconds / est, 1))
+    trainer.set_budget(kimg)
+    est = trainer.estimate_seconds()
+    print(f"demo: budget {kimg:g} kimg ({why}); estimated {format_duration(est or 0)} of training, "
+          "then a few seconds of pictures", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    trainer.run()
+    t_train = time.perf_counter() - t0
     m = load(out / "run")
     ds = open_dataset(tr["data"], resolution=m.info.resolution, channels=m.info.channels, n=tr.get("n_data"))
+    print("demo: writing pictures ...", file=sys.stderr, flush=True)
     save_image(explore.sample_grid(m, 64, seed=1), out / "samples.png", upscale=2)
     real = explore.load_real(m, ds, 16, seed=3)
     save_image(explore.recon_grid(m, real.x), out / "reconstructions.png", upscale=2)
@@ -540,6 +577,8 @@ def cmd_demo(a) -> int:
     explore.latent_map(m, ds, out / "latents.png", n=600)
     print(f"\npictures in {out}/: samples.png reconstructions.png interpolation.gif interpolation.png latents.png")
     print(f"run folder (losses.png, progress.gif, stats.jsonl, snapshot): {out / 'run'}")
+    print(f"training took {format_duration(t_train)} (estimated {format_duration(est or 0)}), pictures "
+          f"{format_duration(time.perf_counter() - t0 - t_train)}")
     return 0
 
 

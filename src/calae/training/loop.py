@@ -8,6 +8,7 @@ pictures and checkpoint at intervals counted in images seen.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import errno
 import json
@@ -31,13 +32,16 @@ from . import distributed as dist
 from .checkpoint import CheckpointError, atomic_write_text, load_snapshot, load_state, save_snapshot, save_state
 from .precision import resolve_precision
 from .runlock import LOCK_NAME, RunLock, clean_orphans
+from .runtime import Runtime, choose, format_duration
+from .runtime import SCREEN_IMAGES
+from .runtime import cores as _cores
 from .stats import StatsWriter, read_stats
 from .stream import BatchStream
 
 # Keys that may change between the run that wrote a folder and the command that resumes it.
 SCHEDULE_KEYS = {"kimg", "epochs", "log_every_kimg", "sample_every_kimg", "snapshot_every_kimg", "metrics",
                  "metrics_every_kimg", "metrics_n", "prefetch", "device", "max_bad_steps", "threads",
-                 "lr_decay_kimg", "lr_decay"}
+                 "lr_decay_kimg", "lr_decay", "precision"}  # precision, threads: how fast, not what is trained
 
 
 # Files that make a folder a run (with or without a readable config.json): never overwritten unasked.
@@ -94,9 +98,11 @@ class Trainer:
     """Builds a run from configs and trains it; re-running on the same folder resumes it."""
 
     def __init__(self, train: TrainConfig, model: dict, out: str | os.PathLike | None, force: bool = False,
-                 progress: bool = True, log=None, pictures: bool = True):
+                 progress: bool = True, log=None, pictures: bool = True, calibrate: bool = False):
         """``pictures=False`` draws no sample grids, reconstructions, loss curves or progress GIF
-        (benchmarks time and evaluate training only)."""
+        (benchmarks time and evaluate training only). ``calibrate=True`` (the CLI's) decides
+        ``precision: auto`` and ``threads: 0`` by timing a few steps (``calae.training.runtime``) when
+        work starts, and prints a duration estimate before training."""
         load_all()
         if train.method not in METHODS:
             raise ConfigError(f"unknown method {train.method!r}; choose one of {', '.join(sorted(METHODS))}")
@@ -143,6 +149,93 @@ class Trainer:
         }
         self.counters = {"step": 0, "kimg": 0.0, "skipped": 0, "frames": [], "time_s": 0.0}
         self.force = force
+        self.calibrate = calibrate
+        self.runtime: Runtime | None = None
+
+    # ---- precision, threads and duration (measured) ----------------------------------------------
+    def setup_runtime(self) -> Runtime | None:
+        """With ``calibrate``: choose precision and threads by measurement (cached per machine) and
+        know the speed of a training step; None without it or under torchrun (one process per core)."""
+        if self.runtime is not None or not self.calibrate or self.world > 1:
+            return self.runtime
+        workload = {"method": self.cfg.method, "model": self.resolved["model"], "info": self.resolved["info"],
+                    "batch_size": self.cfg.batch_size, "device": self.device.type}
+        try:
+            rt = choose(self.cfg.precision, self.cfg.threads, self.device, workload, self._probe_step,
+                        self.images_per_step, self.log)
+        finally:
+            self._probe = None
+        self.runtime, self.amp = rt, rt.amp
+        self._data_cost = self._measure_data()
+        self.precision_note = rt.line()
+        self.resolved["precision"] = rt.precision
+        self.resolved["threads"] = rt.threads
+        return rt
+
+    def _probe_step(self, amp, full: bool = True) -> None:
+        """One training step of a throw-away copy of the run (networks, optimizers, a real batch, or
+        its first few images when not ``full``) under autocast ``amp``, at a mid-run step; the run's
+        weights and random streams are untouched."""
+        if getattr(self, "_probe", None) is None:
+            m = copy.deepcopy(self.method)
+            self._probe = (m, build_optimizers(m, m.optimizers()), m.phases(), self.batch())
+            self._probe_n = 0
+        m, opts, phases, batch = self._probe
+        if not full:
+            k = min(SCREEN_IMAGES, len(batch))
+            batch = Batch(batch.x[:k], None if batch.y is None else batch.y[:k],
+                          None if batch.params is None else batch.params[:k])
+        self._probe_n += 1  # consecutive mid-run steps: phases due every k steps count at their rate
+        saved = self.method, self.optimizers, self.phases, self.amp
+        self.method, self.optimizers, self.phases, self.amp = m, opts, phases, amp
+        try:
+            with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.device.type == "cuda" else []):
+                self.train_step(batch, self.context(self.total_steps // 2 + self._probe_n))
+        finally:
+            self.method, self.optimizers, self.phases, self.amp = saved
+
+    def _measure_data(self) -> tuple[float, bool]:
+        """(seconds to load one batch of items not read before, whether the dataset then keeps them):
+        the data thread competes with training for the cores while it renders or decodes."""
+        bs = min(self.cfg.batch_size, len(self.dataset))
+        start = max(0, len(self.dataset) - bs)  # the probe step read the first items
+        idx = torch.arange(start, start + bs)
+        t0 = time.perf_counter()
+        self.dataset.get(idx)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.dataset.get(idx)
+        again = time.perf_counter() - t0
+        return first * self.cfg.batch_size / max(bs, 1), again < 0.3 * first
+
+    def estimate_seconds(self) -> float | None:
+        """Seconds the rest of the budget takes: measured step speed, plus the data thread's loading
+        where it competes with training for the cores (every core busy training, or items not kept)."""
+        rt = self.runtime
+        if rt is None or not rt.img_per_s:
+            return None
+        left_img = max(0.0, self.total_steps * self.images_per_step - self.counters["kimg"] * 1000.0)
+        compute = left_img / rt.img_per_s
+        per_batch, kept = getattr(self, "_data_cost", (0.0, True))
+        new_items = min(len(self.dataset), left_img) if kept else left_img
+        data = new_items / self.cfg.batch_size * per_batch
+        return compute + data if rt.threads >= _cores() else max(compute, data)
+
+    def estimate_line(self) -> str | None:
+        """'estimated duration: K kimg ... about T' from measurements on this machine (None when not measured)."""
+        secs = self.estimate_seconds()
+        if secs is None:
+            return None
+        left = max(0.0, self.total_steps * self.images_per_step / 1000.0 - self.counters["kimg"])
+        return (f"estimated duration: {left:.3g} kimg at {self.runtime.img_per_s:.1f} img/s (measured here, "
+                f"with data loading) = about {format_duration(secs)}, plus pictures and checkpoints")
+
+    def set_budget(self, kimg: float) -> None:
+        """Change the training budget before ``run`` (the demo sets it from seconds on this machine)."""
+        self.cfg.kimg, self.cfg.epochs = kimg, None
+        self.total_kimg = kimg
+        self.total_steps = max(1, math.ceil(kimg * 1000 / self.images_per_step))
+        self.resolved["train"]["kimg"], self.resolved["train"]["epochs"] = kimg, None
 
     # ---- run folder ----------------------------------------------------------------------------
     def _prepare_folder(self) -> bool:
@@ -422,9 +515,12 @@ class Trainer:
     # ---- entry points --------------------------------------------------------------------------
     def dry_run(self) -> dict:
         """Print the config and a parameter table, run one step of each phase, write nothing."""
+        self.setup_runtime()
         self.log(json.dumps(self.resolved, indent=2))
         self.log(parameter_table(self.method))
         self.log(self.precision_note)
+        if self.estimate_line():
+            self.log(self.estimate_line())
         if self.cfg.init_from:
             self.log(self._init_from())
         batch = self.batch()
@@ -457,11 +553,15 @@ class Trainer:
         init_msg = (self._init_from() if self.cfg.init_from and (self.force or not (self.out / "state.safetensors").exists())
                     else None)
         resumed = self._prepare_folder()
+        if self.setup_runtime() is not None and not resumed and self.main:
+            atomic_write_text(self.out / "config.json", json.dumps(self.resolved, indent=2))  # the measured choice
         self.log(self.precision_note)
         if resumed:
             self._resume()  # the resumed state holds the initialised-then-trained weights
         elif init_msg:
             self.log(init_msg)
+        if self.estimate_line():
+            self.log(self.estimate_line())
         self.stats = StatsWriter(self.out, self.counters["kimg"] if resumed else None) if self.main else None
         self._fixed_real = (explore.load_real(self.method, self.dataset, 16, self.cfg.seed).x
                             if self.dataset.info.kind == "image" else None)
@@ -481,8 +581,10 @@ class Trainer:
         next_pic = _next_multiple(c["kimg"], cfg.sample_every_kimg)
         next_snap = _next_multiple(c["kimg"], cfg.snapshot_every_kimg)
         next_met = _next_multiple(c["kimg"], cfg.metrics_every_kimg)
-        acc: dict[str, float] = {}
-        acc_n: dict[str, int] = {}
+        # the logging window's partial sums live in the counters, so a checkpoint taken between two
+        # log steps carries them and a resumed run logs the same means as an uninterrupted one
+        win = c.setdefault("log_window", {"sums": {}, "counts": {}})
+        acc, acc_n = win["sums"], win["counts"]
         bad_streak, t_last, img_last, wait_last = 0, time.perf_counter(), c["kimg"], 0.0
         if c["step"] == 0 and self.main:
             self._pictures()
@@ -535,7 +637,8 @@ class Trainer:
                         self.stats.write(rec)
                     if bar is not None:
                         bar.set_postfix_str(_postfix(rec), refresh=False)
-                    acc, acc_n = {}, {}
+                    acc.clear()
+                    acc_n.clear()
                     t_last, img_last, wait_last = now, c["kimg"], stream.wait_s
                     next_log = _next_multiple(c["kimg"], cfg.log_every_kimg)
                 if bar is not None:
@@ -613,8 +716,8 @@ def parameter_table(method) -> str:
 
 
 def train(train_cfg: TrainConfig, model_cfg: dict, out, force: bool = False, dry_run: bool = False,
-          progress: bool = True, stop_at_step: int | None = None) -> dict:
-    trainer = Trainer(train_cfg, model_cfg, out, force=force, progress=progress)
+          progress: bool = True, stop_at_step: int | None = None, calibrate: bool = False) -> dict:
+    trainer = Trainer(train_cfg, model_cfg, out, force=force, progress=progress, calibrate=calibrate)
     try:
         return trainer.dry_run() if dry_run else trainer.run(stop_at_step)
     finally:
