@@ -120,6 +120,16 @@ def test_fit_like_folders(tmp_path):
     assert gray.info.shape == (1, 16, 16)
 
 
+def test_fast_scaling_matches_pillow(tmp_path):
+    rng = np.random.default_rng(0)
+    blobs = lambda i: np.kron(rng.integers(0, 255, (8, 8, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    path = write_video(tmp_path / "sq.mp4", n=4, w=64, h=64, content=blobs)
+    for c in (3, 1):
+        fast = _open(path, every=1, channels=c).get(range(4)).x.float()  # square, shrinking: FFmpeg area
+        pil = _open(path, every=1, channels=c, crops=1, crop=64).get(range(4)).x.float()  # Pillow Lanczos
+        assert (fast - pil).abs().mean() < 10 and abs(fast.mean() - pil.mean()) < 3  # a shift or flip: > 50
+
+
 def test_folder_of_videos_and_spec(tmp_path):
     d = tmp_path / "vids"
     (d / "sub").mkdir(parents=True)

@@ -14,7 +14,9 @@ Options, after a ``?`` and separated by commas (``video:rec.mp4?every=20,start=5
   drawn from (seed, file, frame, crop) so every run sees the same items, each resized to the
   training resolution (seed 000 took five 512-pixel crops of each frame).  ``crops`` alone takes
   crops of half the frame's short side; ``crop`` alone takes one.  Without them the whole frame
-  becomes square by ``--fit`` (crop / pad / stretch) exactly as in image folders.
+  becomes square by ``--fit`` (crop / pad / stretch) as in image folders; a square frame that only
+  shrinks (or any with ``fit=stretch``) is scaled by FFmpeg's area averaging straight from YUV,
+  the rest by Pillow's Lanczos like folders.
 * ``cache=auto|memory|none``: see below.
 
 Streaming and caching.  Each file is decoded once, front to back, one frame at a time (only the
@@ -55,7 +57,7 @@ __all__ = ["VideoFrames", "BadVideoWarning", "VIDEO_EXTENSIONS", "parse_video_sp
            "require_av", "default_cache_dir"]
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _OPTION_NAMES = ("every", "start", "end", "crops", "crop", "cache")
 _CACHE_MODES = ("auto", "memory", "none")
 _VFR_RATIO = 1.5  # frame intervals differing by more than this factor: a variable frame rate
@@ -265,7 +267,7 @@ class VideoFrames(Dataset):
             raise _BadVideo(_reason(e)) from None
         try:
             if not container.streams.video:
-                raise _BadVideo("has no video stream (audio only, or not a video)")
+                raise _BadVideo("has no video stream (no frames, audio only, or not a video)")
             stream = container.streams.video[0]
             fps = float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0) or 30.0
             every = self.every_opt or max(1, round(fps / 3))
@@ -332,7 +334,8 @@ class VideoFrames(Dataset):
         except Exception as e:  # a stream that breaks off part-way: keep what came before
             if not sink.count:
                 raise _BadVideo(_reason(e)) from None
-            notes.append(f"decoding stopped after {len(stamps)} frames ({_reason(e)}); "
+            why = (str(e).strip().splitlines() or [""])[0]
+            notes.append(f"is corrupt or truncated after {len(stamps)} frames ({type(e).__name__}: {why}); "
                          f"using the {sink.count} items before that point")
         if not sink.count:
             if decoded == 0:
@@ -349,8 +352,13 @@ class VideoFrames(Dataset):
         return np.asarray(times, dtype=np.float32), notes
 
     def _items(self, frame, p: Path, file_no: int, k: int) -> list[np.ndarray]:
-        im = _to_mode(frame.to_image(), self.channels, (0, 0, 0))
         R = self.resolution
+        if not self.crops and min(frame.width, frame.height) >= R and (frame.width == frame.height
+                                                                        or self.fit == "stretch"):
+            # a plain downscale: FFmpeg's area averaging straight from YUV (3-4x faster than RGB + Lanczos)
+            fmt = "rgb24" if self.channels == 3 else "gray"
+            return [_chw(frame.reformat(width=R, height=R, format=fmt, interpolation="AREA").to_ndarray())]
+        im = _to_mode(frame.to_image(), self.channels, (0, 0, 0))
         if self.crops:
             w, h = im.size
             side = self.crop or max(1, min(w, h) // 2)
