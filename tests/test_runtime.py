@@ -126,8 +126,8 @@ def test_the_probe_leaves_the_run_untouched(tmp_path, cache):
     sa, sb = a.method.state_dict(), b.method.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert [s for s in lines if s.startswith("estimated duration: ")]
-    first = [i for i, s in enumerate(lines) if s.startswith(("precision:", "estimated duration:"))]
-    assert first == [0, 1]  # the choice, then the estimate, before anything else the run says
+    first = [i for i, s in enumerate(lines) if s.startswith(("precision:", "data:", "estimated duration:"))]
+    assert first == [0, 1, 2]  # the choice, the data found, then the estimate, before anything else
     assert json.loads((tmp_path / "b" / "config.json").read_text())["threads"] == 1
 
 

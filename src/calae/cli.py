@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--n-data", type=_positive_int("--n-data"), help="procedural dataset size / folder image limit")
     t.add_argument("--fit", choices=("crop", "pad", "stretch"), help="how non-square images become square (default crop)")
     t.add_argument("--download", nargs="?", const=True, default=False, type=_bool("--download"), metavar="BOOL",
-                   help="mnist:DIR only: fetch the IDX files into DIR (seed 002 spelling: --download True)")
-    t.add_argument("--directory", help="seed 002 spelling of --data mnist:DIRECTORY")
+                   help="mnist:DIR only: fetch the IDX files into DIR (also written --download True)")
+    t.add_argument("--directory", help="the same as --data mnist:DIRECTORY")
     t.add_argument("--gen_lr", type=_positive_float("--gen_lr"), help="aae: learning rate of E and G (--set gen_lr=)")
     t.add_argument("--dis_lr", type=_positive_float("--dis_lr"), help="aae: learning rate of D (--set dis_lr=)")
     t.add_argument("--init-from", metavar="RUN",
@@ -267,7 +267,7 @@ def cmd_train(a) -> int:
         tr.pop("epochs", None)  # the user's budget beats a preset's
     if a.directory is not None:
         if a.data is not None:
-            raise UserError("give --data or --directory (seed 002's name for --data mnist:DIR), not both")
+            raise UserError("give --data or --directory (another name for --data mnist:DIR), not both")
         tr["data"] = f"mnist:{a.directory}"
     if a.download:
         tr["download"] = True
@@ -282,6 +282,7 @@ def cmd_train(a) -> int:
             if key not in {f.name for f in dataclasses.fields(METHODS[a.method].Config)}:
                 raise UserError(f"--{key} is an option of the aae method, not of {a.method!r}")
             model[key] = getattr(a, key)
+    _refuse_flag_and_set(a)
     apply_overrides(tr, model, METHODS[a.method].Config, a.sets)
     cfg = from_dict(TrainConfig, tr, "training config")
     res = train(cfg, model, a.out, force=a.force, dry_run=a.dry_run, progress=not a.no_progress, calibrate=True)
@@ -289,6 +290,22 @@ def cmd_train(a) -> int:
         print(f"trained {res['kimg']:.2f} kimg in {res['time_s']:.0f} s ({res['skipped']} skipped steps); "
               f"run folder: {res['out']}")
     return 0
+
+
+_FLAG_KEYS = {"data": "--data", "resolution": "--resolution", "channels": "--channels", "kimg": "--kimg",
+              "epochs": "--epochs", "batch_size": "--batch-size", "precision": "--precision", "device": "--device",
+              "seed": "--seed", "threads": "--threads", "n_data": "--n-data", "fit": "--fit", "lr": "--lr",
+              "gen_lr": "--gen_lr", "dis_lr": "--dis_lr", "init_from": "--init-from", "init_nets": "--init-nets"}
+
+
+def _refuse_flag_and_set(a) -> None:
+    """A key given both as a flag and as --set is ambiguous: refused rather than one silently winning."""
+    for item in a.sets:
+        name = item.partition("=")[0].strip()
+        name = name.partition(".")[2] if name.startswith(("model.", "train.")) else name
+        flag = _FLAG_KEYS.get(name)
+        if flag and getattr(a, flag.lstrip("-").replace("-", "_"), None) is not None:
+            raise UserError(f"{flag} and --set {item} both set {name}; give it once")
 
 
 def _load(run):
@@ -688,7 +705,15 @@ def _user_errors() -> tuple[type, ...]:
             PermissionError)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as 'calae: warning: MESSAGE' (no file name, line number or source line)."""
+    return f"calae: warning: {str(message).strip()}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     parser = build_parser()
     a = parser.parse_args(argv)
     from .training.loop import TrainingDiverged

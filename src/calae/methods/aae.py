@@ -261,7 +261,7 @@ add_preset("aae-digits-fractal", "aae", "AAE on digits, fractal prior: random IF
 add_preset("aae-digits-2d", "aae", "AAE on digits, 2-D codes on the paper's 10-petal mixture, label-tied",
            train={"data": "digits", "resolution": 16, "batch_size": 64, "kimg": 100},
            model={**_DIGITS_NETS, "z_dim": 2, "prior": "mixture", "label_prior": True})
-add_preset("aae-mnist", "aae", "Seed 002: MNIST, MLP 2x1000, N(0, 5^2) prior, BCE, batch 100, 100 epochs "
+add_preset("aae-mnist", "aae", "AAE on MNIST: MLP 2x1000, N(0, 5^2) prior, BCE, batch 100, 100 epochs "
            "(use --data mnist:DIR --download)",
            train={"data": "mnist:data/mnist", "resolution": 28, "batch_size": 100, "kimg": 6000},
            model={"z_dim": 8, "arch": "mlp", "hidden": 1000, "depth": 2, "d_hidden": 1000, "d_depth": 2,

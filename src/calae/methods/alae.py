@@ -462,24 +462,23 @@ _MLP = {"arch": "mlp", "z_dim": 50, "hidden": 1024, "depth": 2, "mapping_layers"
 _MNIST_REF = {"arch": "mlp", "z_dim": 50, "hidden": 1024, "depth": 2, "mapping_layers": 0, "lr": 0.002,
               "e_slope": 0.2, "e_out_slope": 0.01, "g_slope": 0.01, "g_out_gain": math.sqrt(2.0),
               "d_layers": 3, "d_linear": True, "r1_gamma": 10.0, "ema_kimg": 10.0}
-add_preset("mnist-mlp", "alae", "Seed 001 step 1: MLP-ALAE on MNIST (784-1024-1024-50), the official batch 128 and "
+add_preset("mnist-mlp", "alae", "MLP-ALAE on MNIST (784-1024-1024-50), the official batch 128 and "
            "lr 0.002 (use --data mnist:DIR --download)",
            train={"data": "mnist:data/mnist", "resolution": 28, "batch_size": 128, "kimg": 600,
                   "sample_every_kimg": 30, "snapshot_every_kimg": 60, "log_every_kimg": 5},
            model=dict(_MNIST_REF))
-add_preset("digits-mlp", "alae", "MLP-ALAE on scikit-learn digits at 16 px (a few minutes on a CPU)",
+add_preset("digits-mlp", "alae", "MLP-ALAE on scikit-learn digits at 16 px",
            train={"data": "digits", "resolution": 16, "batch_size": 32, "kimg": 150,
                   "sample_every_kimg": 10, "snapshot_every_kimg": 25, "log_every_kimg": 2},
            model={**_MLP, "hidden": 512, "lr": 0.005, "ema_kimg": 2.0})
 _STYLE = {"arch": "style", "mapping_layers": 4, "lr": 0.004, "style_mixing": 0.9, "truncation_psi": 0.7,
           "fade": 0.5}
-add_preset("style-32", "alae", "Seed 001 steps 2-3: StyleALAE on 32 px fractals, growing 4 -> 32 px "
-           "(CPU: 10-15 minutes)",
+add_preset("style-32", "alae", "StyleALAE on 32 px fractals, growing 4 -> 32 px",
            train={"data": "fractals", "resolution": 32, "n_data": 10000, "batch_size": 16, "kimg": 20,
                   "sample_every_kimg": 2, "snapshot_every_kimg": 4, "log_every_kimg": 0.5},
            model={**_STYLE, "z_dim": 64, "base_channels": 16, "max_channels": 64, "growth_kimg": 4,
                   "ema_kimg": 1.0})
-add_preset("style-64", "alae", "StyleALAE on 64 px fractals, growing 4 -> 64 px (CPU: about an hour)",
+add_preset("style-64", "alae", "StyleALAE on 64 px fractals, growing 4 -> 64 px",
            train={"data": "fractals", "resolution": 64, "n_data": 20000, "batch_size": 16, "kimg": 60,
                   "sample_every_kimg": 4, "snapshot_every_kimg": 8, "log_every_kimg": 1},
            model={**_STYLE, "z_dim": 128, "base_channels": 16, "max_channels": 128, "growth_kimg": 8,

@@ -421,10 +421,10 @@ for _toy, (_kl, _rec, _neg) in _TOY_BETAS.items():
                train={"data": f"toy:{_toy}", **_TOY_TRAIN},
                model={**_TOY_MODEL, **_b, "ema_kimg": round(ema_kimg_for(0.999, 512), 2)}, default_for_data=True)
 
-add_preset("soft-intro-vae-digits", "soft_intro_vae", "Soft-IntroVAE on scikit-learn digits at 16 px (CPU minutes)",
+add_preset("soft-intro-vae-digits", "soft_intro_vae", "Soft-IntroVAE on scikit-learn digits at 16 px",
            train={"data": "digits", "resolution": 16, "batch_size": 64, "kimg": 60, "log_every_kimg": 1},
            model={"z_dim": 16, "base_channels": 16, "max_channels": 64, "lr": 1e-3, "beta_neg": 64.0})
-add_preset("as-intro-vae-digits", "as_intro_vae", "AS-IntroVAE on scikit-learn digits at 16 px (CPU minutes)",
+add_preset("as-intro-vae-digits", "as_intro_vae", "AS-IntroVAE on scikit-learn digits at 16 px",
            train={"data": "digits", "resolution": 16, "batch_size": 64, "kimg": 60, "log_every_kimg": 1},
            model={"z_dim": 16, "base_channels": 16, "max_channels": 64, "lr": 1e-3, "beta_neg": 64.0,
                   "ema_kimg": 2.0})
@@ -452,7 +452,8 @@ add_preset("as-intro-vae-fractals", "as_intro_vae", "AS-IntroVAE on 64 px fracta
 # hand in 4..256: here the adaptive schedule over that range, starting at the stable end, with
 # translation+colour DiffAugment for the tiny set and the decoder EMA at 0.999/step; images in [0, 1] as the
 # official code trains them (the β's were tuned against that scale).
-add_preset("fantasy-256", "as_intro_vae", "AS-IntroVAE on a folder of 256 px images (seed 003; use --data DIR)",
+add_preset("fantasy-256", "as_intro_vae", "AS-IntroVAE on a folder of 256 px images, the paper-sized nets "
+           "(a GPU job; use --data DIR)",
            train={"data": "data/fantasy", "resolution": 256, "batch_size": 6, "kimg": 60, "log_every_kimg": 0.6,
                   "sample_every_kimg": 3, "snapshot_every_kimg": 3},
            model={"z_dim": 256, "beta_kl": 1.0, "beta_rec": 0.5, "beta_neg": 256.0, "lr": 2e-4,

@@ -147,7 +147,7 @@ def vae_loss(m: VAE, batch: Batch, ctx: StepContext) -> dict:
 add_preset("vae-fractals", "vae", "VAE on 64 px fractals",
            train={"data": "fractals", "resolution": 64, "batch_size": 32, "kimg": 200},
            model={"z_dim": 128, "base_channels": 32, "lr": 2e-4})
-add_preset("vae-demo", "vae", "the `make demo` run: VAE on 32 px fractals, a few minutes on 2 cores",
+add_preset("vae-demo", "vae", "the `calae demo` run: VAE on 32 px fractals (the demo sets its budget in seconds)",
            train={"data": "fractals", "resolution": 32, "batch_size": 32, "kimg": 12, "n_data": 4096},
            model={"z_dim": 64, "base_channels": 32, "max_channels": 128, "lr": 2e-4, "beta_kl": 0.1})
 add_preset("vae-digits", "vae", "VAE on scikit-learn digits at 16 px",

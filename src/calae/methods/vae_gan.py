@@ -403,7 +403,7 @@ def gan_gen_phase(m: GAN, batch: Batch, ctx: StepContext) -> dict:
 # 64 px folders (seed 004: comic faces, rectangles): --fit crop (the folder default) centre-crops them.
 _NETS64 = {"z_dim": 128, "base_channels": 32, "max_channels": 256}
 _NETS32 = {"z_dim": 64, "base_channels": 32, "max_channels": 128}
-add_preset("vae-gan-folder-64", "vae_gan", "VAE-GAN on a 64 px folder of your images (seed 004; --data DIR, "
+add_preset("vae-gan-folder-64", "vae_gan", "VAE-GAN on a 64 px folder of your images (--data DIR, "
            "non-square images centre-cropped: --fit crop)",
            train={"resolution": 64, "batch_size": 32, "kimg": 200, "fit": "crop"}, model=dict(_NETS64))
 add_preset("gan-folder-64", "gan", "GAN on a 64 px folder (--data DIR; --init-from a vae run with the same "

@@ -147,6 +147,8 @@ class Trainer:
             "precision": "bf16" if self.amp is not None else "fp32",
             "world_size": self.world,
         }
+        if train.epochs is not None:  # the budget the epochs came to, not the unused default
+            self.resolved["train"]["kimg"] = round(self.total_kimg, 6)
         self.counters = {"step": 0, "kimg": 0.0, "skipped": 0, "frames": [], "time_s": 0.0}
         self.force = force
         self.calibrate = calibrate
@@ -193,6 +195,15 @@ class Trainer:
                 self.train_step(batch, self.context(self.total_steps // 2 + self._probe_n))
         finally:
             self.method, self.optimizers, self.phases, self.amp = saved
+
+    def data_line(self) -> str:
+        """'data: SPEC: N images (R px, C channels), ...': how much the run found, said before it trains."""
+        info, n = self.dataset.info, len(self.dataset)
+        what = (f"{n} images ({info.resolution} px, {info.channels} channel{'s' if info.channels > 1 else ''})"
+                if info.kind == "image" else f"{n} points ({info.dim}-D)")
+        extra = (f", {info.num_classes} classes" if info.num_classes else "") + (
+            f", {self.cfg.epochs:g} epoch{'' if self.cfg.epochs == 1 else 's'} = {self.total_kimg:.4g} kimg" if self.cfg.epochs is not None else "")
+        return f"data: {self.cfg.data}: {what}{extra}"
 
     def _measure_data(self) -> tuple[float, bool]:
         """(seconds to load one batch of items not read before, whether the dataset then keeps them):
@@ -519,6 +530,7 @@ class Trainer:
         self.log(json.dumps(self.resolved, indent=2))
         self.log(parameter_table(self.method))
         self.log(self.precision_note)
+        self.log(self.data_line())
         if self.estimate_line():
             self.log(self.estimate_line())
         if self.cfg.init_from:
@@ -560,6 +572,7 @@ class Trainer:
             self._resume()  # the resumed state holds the initialised-then-trained weights
         elif init_msg:
             self.log(init_msg)
+        self.log(self.data_line())
         if self.estimate_line():
             self.log(self.estimate_line())
         self.stats = StatsWriter(self.out, self.counters["kimg"] if resumed else None) if self.main else None
