@@ -144,3 +144,12 @@ def test_changing_only_precision_or_threads_resumes(tmp_path, cache):
 
     with pytest.raises(ConfigError, match="different config"):
         Trainer(tiny_cfg(precision="fp32", batch_size=8), tiny_model_cfg("vae"), out, progress=False).run()
+
+
+def test_a_network_too_slow_to_compare_keeps_the_rule_and_all_cores(cache, monkeypatch):
+    monkeypatch.setattr(runtime, "SLOW_STEP_S", 0.005)
+    calls = []
+    cost = {"fp32x1": 0.2, "fp32x2": 0.1, "bf16x1": 0.2, "bf16x2": 0.1}  # small steps of 0.01-0.02 s
+    rt = runtime.choose("auto", 0, CPU, WORKLOAD, fake_step(cost, calls), 8)
+    assert calls == [("fp32x2", False)] and (rt.precision, rt.threads) == ("fp32", 2)
+    assert "too slow to compare settings" in rt.why and rt.img_per_s > 0 and not cache.exists()

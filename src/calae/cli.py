@@ -237,6 +237,7 @@ def _explore_parsers(sub) -> None:
 
 # ---- commands ---------------------------------------------------------------------------------
 def cmd_train(a) -> int:
+    from .progress import stage
     from .config import TrainConfig, apply_overrides, from_dict, preset, preset_for_data
     from .registry import METHODS
     from .training import train
@@ -285,6 +286,7 @@ def cmd_train(a) -> int:
     _refuse_flag_and_set(a)
     apply_overrides(tr, model, METHODS[a.method].Config, a.sets)
     cfg = from_dict(TrainConfig, tr, "training config")
+    stage("training" if not a.dry_run else "checking the config", announce=False)
     res = train(cfg, model, a.out, force=a.force, dry_run=a.dry_run, progress=not a.no_progress, calibrate=True)
     if not a.dry_run and int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {res['kimg']:.2f} kimg in {res['time_s']:.0f} s ({res['skipped']} skipped steps); "
@@ -311,7 +313,14 @@ def _refuse_flag_and_set(a) -> None:
 def _load(run):
     from .api import load
 
+    _stage(f"loading {run}", announce=False)
     return load(run)
+
+
+def _stage(name: str, announce: bool = True) -> None:
+    from .progress import stage
+
+    stage(name, announce)
 
 
 def _data_for(model, spec: str | None):
@@ -432,6 +441,7 @@ def cmd_encode(a) -> int:
         raise UserError(f"--out must end in .npz (codes are arrays), got {a.out!r}")
     m = _load(a.run)
     ds = _data_for(m, a.data)
+    _stage(f"encoding {a.n} items")
     b = explore.load_real(m, ds, a.n)
     codes = explore.encode(m, b.x)
     _save_arrays(a.out, codes=codes.numpy(), labels=None if b.y is None else b.y.numpy(),
@@ -446,6 +456,7 @@ def cmd_latents(a) -> int:
     _check_out(a.out, (".png", ".npz"))
     m = _load(a.run)
     ds = _data_for(m, a.data)
+    _stage(f"encoding {a.n} items and projecting them ({a.projection})")
     if a.over_prior:
         from .viz.latents import latent_scatter
 
@@ -464,12 +475,23 @@ def cmd_latents(a) -> int:
 
 
 def cmd_eval(a) -> int:
+    import time
+
     from .metrics import default_metrics, evaluate
+    from .progress import stage
 
     m = _load(a.run)
     ds = _data_for(m, a.data)
     names = [s for s in (a.metrics or "").split(",") if s] or default_metrics(ds.info, m.method)
-    res = evaluate(m.method, ds, names, n=a.n, seed=a.seed)
+    t0 = [time.perf_counter()]
+
+    def on_metric(name, i, count):
+        if i:
+            print(f"calae eval: {names[i - 1]} done in {time.perf_counter() - t0[0]:.0f} s", file=sys.stderr)
+        t0[0] = time.perf_counter()
+        stage(f"computing {name} ({i + 1} of {count})")
+
+    res = evaluate(m.method, ds, names, n=a.n, seed=a.seed, on_metric=on_metric)
     if a.json:
         import math
 
@@ -513,6 +535,7 @@ def cmd_fractals(a) -> int:
         return _fractal_video(a)
     if not a.out:
         raise UserError("give --out FOLDER (PNGs), or --video OUT.mp4 with --sweep PARAM=A:B")
+    _stage(f"rendering {a.n} fractals at {a.resolution} px")
     out = export(a.out, a.n, resolution=a.resolution, seed=a.seed, family=a.family, channels=a.channels,
                  supersample=a.supersample)
     print(f"wrote {a.n} images, params.jsonl and preview.png to {out}")
@@ -582,11 +605,12 @@ def cmd_demo(a) -> int:
     print(f"demo: budget {kimg:g} kimg ({why}); estimated {format_duration(est or 0)} of training, "
           "then a few seconds of pictures", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
+    _stage("training", announce=False)
     trainer.run()
     t_train = time.perf_counter() - t0
     m = load(out / "run")
     ds = open_dataset(tr["data"], resolution=m.info.resolution, channels=m.info.channels, n=tr.get("n_data"))
-    print("demo: writing pictures ...", file=sys.stderr, flush=True)
+    _stage("writing pictures")
     save_image(explore.sample_grid(m, 64, seed=1), out / "samples.png", upscale=2)
     real = explore.load_real(m, ds, 16, seed=3)
     save_image(explore.recon_grid(m, real.x), out / "reconstructions.png", upscale=2)
@@ -610,7 +634,11 @@ def cmd_explore(a) -> int:
     if not 0 <= a.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {a.port}")
     print(f"encoding {a.n if ds is not None else 0} items for the map ...", file=sys.stderr, flush=True)
+    _stage("encoding items for the map", announce=False)
     ex = Explorer(m, ds, n=a.n, seed=a.seed)
+    from .progress import quiet
+
+    quiet()  # serving: waiting for the browser is not work
     try:
         serve(ex, host=a.host, port=a.port)
     except OSError as e:  # the port is taken, or the address is not this machine's
@@ -718,8 +746,11 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     from .training.loop import TrainingDiverged
 
+    from .progress import Heartbeat
+
     try:
-        return COMMANDS[a.cmd](a)
+        with Heartbeat(f"calae {a.cmd}"):
+            return COMMANDS[a.cmd](a)
     except _user_errors() as e:
         msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
         print(f"calae {a.cmd}: error: {msg}", file=sys.stderr)

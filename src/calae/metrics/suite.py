@@ -449,8 +449,9 @@ def default_metrics(info: DataInfo, model=None) -> list[str]:
 
 
 def evaluate(model, dataset: Dataset, names: list[str] | tuple[str, ...] | None = None, n: int | None = None,
-             seed: int = 0, batch_size: int = 256, device=None, **opts) -> dict[str, float]:
+             seed: int = 0, batch_size: int = 256, device=None, on_metric=None, **opts) -> dict[str, float]:
     """Run the named metrics (default: :func:`default_metrics`) and merge their results.
+    ``on_metric(name, i, count)`` is called before each (the CLI's progress lines).
 
     The model is in eval mode for the whole call (each submodule's mode is restored afterwards),
     everything runs under torch.no_grad (the feature classifier re-enables grads for its own
@@ -464,7 +465,9 @@ def evaluate(model, dataset: Dataset, names: list[str] | tuple[str, ...] | None 
     cache: dict = {}
     out: dict[str, float] = {}
     with eval_mode(model), torch.no_grad():
-        for name in names:
+        for i, name in enumerate(names):
+            if on_metric is not None:
+                on_metric(name, i, len(names))
             out.update(METRICS[name](model, dataset, n=n, seed=seed, batch_size=batch_size, device=device,
                                      cache=cache, **opts))
     return out

@@ -587,8 +587,10 @@ class Trainer:
             from tqdm import tqdm
 
             end_kimg = self.total_steps * self.images_per_step / 1000.0
+            digits = 1 if end_kimg >= 10 else 2 if end_kimg >= 1 else 3  # a short run's bar still moves
             bar = tqdm(total=round(end_kimg, 3), initial=round(min(c["kimg"], end_kimg), 3), unit="kimg",
-                       bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} kimg [{elapsed}<{remaining}]{postfix}",
+                       bar_format=f"{{l_bar}}{{bar}}| {{n:.{digits}f}}/{{total:.{digits}f}} kimg "
+                                  "[{elapsed}<{remaining}]{postfix}",
                        dynamic_ncols=True, file=sys.stderr)
         next_log = _next_multiple(c["kimg"], cfg.log_every_kimg)
         next_pic = _next_multiple(c["kimg"], cfg.sample_every_kimg)
@@ -655,6 +657,10 @@ class Trainer:
                     t_last, img_last, wait_last = now, c["kimg"], stream.wait_s
                     next_log = _next_multiple(c["kimg"], cfg.log_every_kimg)
                 if bar is not None:
+                    if acc and not done and c["kimg"] < next_log:  # losses from the first steps, not only per log
+                        now = time.perf_counter()
+                        bar.set_postfix_str(_postfix({"img_per_s": (c["kimg"] - img_last) * 1000 / max(now - t_last, 1e-9),
+                                                      **{k: acc[k] / acc_n[k] for k in acc}}), refresh=False)
                     bar.n = round(min(c["kimg"], end_kimg), 3)  # set, not add: no float drift past the total
                     bar.update(0)  # redraws at most every mininterval
                 if cfg.metrics_every_kimg and (c["kimg"] >= next_met or done):

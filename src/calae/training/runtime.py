@@ -125,12 +125,14 @@ class Runtime:
 
 SCREEN_IMAGES = 4  # a setting is first tried on this many images (the probe's small batch) ...
 SCREEN_LOSES = 3.0  # ... and dropped, untimed at full size, when that is this many times slower than the best
+SLOW_STEP_S = 4.0  # a first small step slower than this ends the calibration: the rule's choice, that speed
 
 
 def _measure(step: Callable[[torch.dtype | None, bool], None], amp, threads: int, images_per_step: int,
-             sync: Callable[[], None], best_screen: float | None = None) -> tuple[float, float, bool]:
+             sync: Callable[[], None], best_screen: float | None = None) -> tuple[float, float, str]:
     """(img/s of ``step(amp, full=True)`` at ``threads`` threads, img/s of the small first step,
-    whether it was screened out: then the first number is the small step's).
+    "timed" | "screened" (slower than the best by far) | "slow" (the first small step took over
+    SLOW_STEP_S)): for the last two the first number is the small step's.
 
     A first step on a few images (``full=False``) warms the setting up; when that is several times
     slower than the same small step of the best setting so far, the setting loses without a full-size step
@@ -139,13 +141,16 @@ def _measure(step: Callable[[torch.dtype | None, bool], None], amp, threads: int
     torch.set_num_threads(threads)
     small = min(SCREEN_IMAGES, images_per_step)
     screen = 0.0
-    for _ in range(2):  # the better of two: the first after a thread-count change starts the pool
+    for i in range(2):  # the better of two: the first after a thread-count change starts the pool
         t0 = time.perf_counter()
         step(amp, False)
         sync()
-        screen = max(screen, small / max(time.perf_counter() - t0, 1e-9))
+        dt = time.perf_counter() - t0
+        screen = max(screen, small / max(dt, 1e-9))
+        if best_screen is None and dt > SLOW_STEP_S:  # a network too big to try four ways
+            return screen, screen, "slow"
     if best_screen is not None and screen * SCREEN_LOSES < best_screen:
-        return screen, screen, True
+        return screen, screen, "screened"
     step(amp, True)
     sync()
     n, t0 = 0, time.perf_counter()
@@ -155,7 +160,7 @@ def _measure(step: Callable[[torch.dtype | None, bool], None], amp, threads: int
         n += 1
         if time.perf_counter() - t0 >= TIMED_S:
             break
-    return n * images_per_step / max(time.perf_counter() - t0, 1e-9), screen, False
+    return n * images_per_step / max(time.perf_counter() - t0, 1e-9), screen, "timed"
 
 
 def choose(precision: str, threads: int, device: torch.device, workload: dict,
@@ -176,9 +181,12 @@ def choose(precision: str, threads: int, device: torch.device, workload: dict,
     if device.type != "cpu":  # threads do not matter; the precision rule is the CUDA one
         return Runtime(rule_amp, current, _measure(step, rule_amp, current, images_per_step, sync)[0], rule_why)
 
+
     amps = [None, torch.bfloat16] if precision == "auto" and calibrate else [rule_amp]
     all_cores = cores()
-    thread_opts = [threads] if threads > 0 else (sorted({1, all_cores}) if calibrate else [current])
+    thread_opts = [threads] if threads > 0 else (sorted({1, all_cores}, reverse=True) if calibrate else [current])
+    if calibrate and precision == "auto" and rule_amp is not None:
+        amps.reverse()  # the rule's choice first: what a network too slow to calibrate keeps
     measured_any = len(amps) * len(thread_opts) > 1
     level, load = load_level()
     key_src = json.dumps({"machine": machine(), "workload": workload, "load": level}, sort_keys=True)
@@ -197,20 +205,31 @@ def choose(precision: str, threads: int, device: torch.device, workload: dict,
     if todo and measured_any:
         log(f"measuring {len(todo)} settings of precision and threads on this machine (once per machine and "
             f"model; cached in {path}) ...")
+    slow = None
     for a, t in [(a, t) for a in amps for t in thread_opts]:
         name = setting_name(a, t)
         if name in cached and isinstance(cached[name], (int, float)) and cached[name] > 0:
             timings[name] = float(cached[name])
             continue
         best = max(timings, key=timings.get) if timings else None
-        timings[name], screen_rates[name], out = _measure(step, a, t, images_per_step, sync,
-                                                          screen_rates.get(best) if best else None)
-        if out:
+        timings[name], screen_rates[name], status = _measure(step, a, t, images_per_step, sync,
+                                                             screen_rates.get(best) if best else None)
+        if status == "screened":
             screened.add(name)
+        if status == "slow":
+            slow = (a, t)
+            break
         if measured_any:
             log(f"  {name.replace('x', ', ')} thread(s): {timings[name]:.1f} img/s"
                 + (f" on {min(SCREEN_IMAGES, images_per_step)} images, over {SCREEN_LOSES:g}x slower than the best: "
-                   "not timed further" if out else ""))
+                   "not timed further" if status == "screened" else ""))
+    if slow is not None:  # not cached: the next run of this network tries again
+        torch.set_num_threads(slow[1])
+        n = min(SCREEN_IMAGES, images_per_step)
+        return Runtime(slow[0], slow[1], timings[setting_name(*slow)],
+                       f"{rule_why if precision == 'auto' else '--precision ' + precision}; one step on {n} images "
+                       f"took {n / timings[setting_name(*slow)]:.0f} s, too slow to compare settings; "
+                       f"{'--threads ' + str(threads) if threads > 0 else 'all cores'}", timings)
     best = max(((a, t) for a in amps for t in thread_opts),
                key=lambda at: (setting_name(*at) not in screened, timings[setting_name(*at)]))
     torch.set_num_threads(best[1])
