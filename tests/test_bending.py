@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -186,3 +187,100 @@ def test_bend_cli_writes_pictures_and_gifs(runs, tmp_path, cli_env):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "its layers: blocks.0" in r.stderr
     r = calae("--list-layers")
     assert r.returncode == 0 and r.stdout.startswith("blocks.0")
+
+
+def test_bends_chain_in_order_and_several_layers_bend_at_once(runs):
+    m = ca.load(runs["vae"])
+    l0, l1 = list(bending.layers(m))[:2]
+    codes = m.sample_latents(3, seed=2)
+
+    def by_hand(steps):
+        """Forward hooks written here: each layer's output through its transforms, in order."""
+        hs = []
+        for layer, fns in steps.items():
+            def hook(_m, _i, out, fns=fns):
+                for name, params in fns:
+                    out = transform(out, name, *params)
+                return out
+            hs.append(m.decoder.get_submodule(layer).register_forward_hook(hook))
+        try:
+            return m.decode(codes)
+        finally:
+            for h in hs:
+                h.remove()
+
+    with m.bend(Bend(l1, "rotate:90"), Bend(l1, "translate:0.25,0"), Bend(l0, "flip-v")):
+        chained = m.decode(codes)
+    assert torch.equal(chained, by_hand({l1: [("rotate", (90,)), ("translate", (0.25, 0))], l0: [("flip-v", ())]}))
+    with m.bend(Bend(l1, "translate:0.25,0"), Bend(l1, "rotate:90"), Bend(l0, "flip-v")):
+        reversed_ = m.decode(codes)
+    assert not torch.equal(chained, reversed_)  # order matters: translate∘rotate != rotate∘translate
+    with m.bend(Bend(l1, "rotate:90"), Bend(l1, "translate:0.25,0")):
+        one_layer = m.decode(codes)
+    assert not torch.equal(chained, one_layer)  # the second layer's bend took part
+
+
+def test_a_yaml_file_of_bends_is_the_json_one(tmp_path):
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed (pip install pyyaml)")
+    bends = [{"layer": "blocks.1", "transform": "rotate", "params": [45]},
+             {"layer": "blocks.2", "transform": "dilate:3", "channels": "cluster:2", "clusters": 4},
+             {"layer": "blocks.2", "transform": "multiply", "params": 2, "channels": "random:0.25", "seed": 7}]
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"transforms": bends}))  # the published tool's key
+    (tmp_path / "b.json").write_text(json.dumps({"bends": bends}))
+    got = bending.load_bends(tmp_path / "b.yaml")
+    assert got == bending.load_bends(tmp_path / "b.json")
+    assert [(b.layer, b.name, b.params, b.channels, b.seed, b.n_clusters) for b in got] == [
+        ("blocks.1", "rotate", (45.0,), "all", 0, 5), ("blocks.2", "dilate", (3.0,), "cluster:2", 0, 4),
+        ("blocks.2", "multiply", (2.0,), "random:0.25", 7, 5)]
+    (tmp_path / "bad.yaml").write_text("- layer: blocks.1\n  transform: spin\n")
+    with pytest.raises(BendError, match="unknown transform 'spin'"):
+        bending.load_bends(tmp_path / "bad.yaml")
+
+
+def test_clusters_of_a_run_are_deterministic_by_seed(runs, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(runs["vae"], run)
+    layer = "blocks.1"
+    first = bending.clusters(ca.load(run), layer, k=4, seed=3)
+    (run / "bend_clusters.json").unlink()
+    bending._MEMO.clear()
+    again = bending.clusters(ca.load(run), layer, k=4, seed=3)  # recomputed from scratch
+    assert again == first
+    saved = json.loads((run / "bend_clusters.json").read_text())
+    assert len(saved) == 1 and f"{layer}|k=4|seed=3" in next(iter(saved))
+
+
+def test_bend_cli_clusters_and_animation_frames(runs, tmp_path, cli_env):
+    import shutil
+
+    from PIL import Image
+
+    run = tmp_path / "copy"
+    shutil.copytree(runs["vae"], run)
+    (run / "bend_clusters.json").unlink(missing_ok=True)
+
+    def calae(*args):
+        return subprocess.run([sys.executable, "-m", "calae", "bend", str(run), *args], capture_output=True, text=True,
+                              env=cli_env, cwd=ROOT, timeout=120)
+
+    r = calae("--layer", "blocks.1", "--transform", "ablate", "--channels", "cluster:1", "--clusters", "3", "--n", "2",
+              "--out", str(tmp_path / "c.png"))
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((run / "bend_clusters.json").read_text())
+    assert [k.split("|")[:2] for k in saved] == [["blocks.1", "k=3"]] and set(next(iter(saved.values()))) <= {0, 1, 2}
+    r = calae("--layer", "blocks.1", "--transform", "ablate", "--channels", "cluster:3", "--clusters", "3",
+              "--out", str(tmp_path / "d.png"))
+    assert r.returncode == 2 and "clusters 0..2" in r.stderr and r.stderr.count("\n") == 1
+    r = calae("--layer", "blocks.0", "--transform", "multiply:1", "--animate", "factor=-1:1", "--frames", "3",
+              "--n", "2", "--out", str(tmp_path / "m.gif"))
+    assert r.returncode == 0, r.stderr
+    gif = Image.open(tmp_path / "m.gif")
+    frames = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        frames.append(np.asarray(gif.convert("RGB"), dtype=np.int16))
+    assert len(frames) == 3 and np.abs(frames[0] - frames[2]).max() > 0  # the sweep changes the picture
+    r = calae("--layer", "blocks.0", "--transform", "rotate", "--animate", "size=0:3", "--out", str(tmp_path / "x.gif"))
+    assert r.returncode == 2 and "no transform given has a parameter 'size'" in r.stderr
