@@ -164,7 +164,7 @@ def test_download_checksum_mismatch(server, tmp_path):
     # the default sums (official MNIST / Fashion-MNIST) reject our fake files
     with pytest.raises(DataError, match="checksum mismatch.*f68b3c2dcbeaaa9fbdd348bbdeb94873"):
         download(tmp_path / "d2", mirror=server["url"], progress=False)
-    assert list((tmp_path / "d2").iterdir()) == []
+    assert not (tmp_path / "d2").exists()  # a failed first download leaves no empty folder behind
 
 
 def test_download_404(server, tmp_path):
@@ -172,7 +172,11 @@ def test_download_404(server, tmp_path):
     with pytest.raises(DataError, match="HTTP 404"):
         download(dest, mirror=server["url"], files=("missing.gz",), checksums={"missing.gz": "0" * 32},
                  progress=False)
-    assert list(dest.iterdir()) == []
+    assert not dest.exists()  # nothing partial, and no empty folder
     with pytest.raises(DataError, match="failed"):
         download(dest, mirror=server["url"] + "nowhere/", checksums=server["sums"], progress=False)
-    assert list(dest.iterdir()) == []
+    assert not dest.exists()
+    dest.mkdir()  # a folder the user made is kept
+    with pytest.raises(DataError, match="copy the IDX files"):
+        download(dest, mirror=server["url"] + "nowhere/", checksums=server["sums"], progress=False)
+    assert dest.is_dir() and list(dest.iterdir()) == []

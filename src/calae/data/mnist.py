@@ -268,21 +268,28 @@ def download(directory: str | os.PathLike, mirror: str | None = None, files: Ite
         base += "/"
     sums = _DEFAULT_SUMS if checksums is None else checksums
     root = Path(directory).expanduser()
+    created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create {root}: {e.strerror or e}") from None
     out = []
-    for name in files:
-        dest = root / name
-        expected = _expected(sums, name)
-        if dest.is_file() and expected is not None and _md5(dest) in expected:
+    files = list(files)
+    try:
+        for name in files:
+            dest = root / name
+            expected = _expected(sums, name)
+            if dest.is_file() and expected is not None and _md5(dest) in expected:
+                out.append(dest)
+                continue
+            if expected is None:
+                warnings.warn(f"no checksum known for {name}; downloading it unverified", UserWarning, stacklevel=2)
+            _fetch(base + name, dest, expected, progress, timeout)
             out.append(dest)
-            continue
-        if expected is None:
-            warnings.warn(f"no checksum known for {name}; downloading it unverified", UserWarning, stacklevel=2)
-        _fetch(base + name, dest, expected, progress, timeout)
-        out.append(dest)
+    except DataError as e:
+        if created and not any(root.iterdir()):
+            root.rmdir()  # a failed first download leaves no empty folder behind
+        raise DataError(f"{e}; or copy the IDX files ({', '.join(files)}) into {root} by hand") from None
     return out
 
 

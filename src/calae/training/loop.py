@@ -35,6 +35,7 @@ from .runlock import LOCK_NAME, RunLock, clean_orphans
 from .runtime import Runtime, choose, format_duration
 from .runtime import SCREEN_IMAGES
 from .runtime import cores as _cores
+from .runtime import load_level as _load_level
 from .stats import StatsWriter, read_stats
 from .stream import BatchStream
 
@@ -65,6 +66,22 @@ def _read_config(path: Path) -> tuple[dict | None, str]:
     if not isinstance(old, dict):
         return None, f"holds a JSON {type(old).__name__}, not an object"
     return old, ""
+
+
+def absolute_data_spec(spec: str) -> str:
+    """A data spec naming a path (a folder, mnist:DIR, video:PATH) with that path made absolute, so a
+    run folder's config and snapshot find their data from any working directory."""
+    from ..data import parse_spec
+    from ..data.base import DataError
+
+    try:
+        kind, arg = parse_spec(spec)
+    except DataError:
+        return spec
+    if kind not in ("folder", "mnist", "video") or not arg:
+        return spec
+    path = os.path.abspath(os.path.expanduser(arg))
+    return path if kind == "folder" else f"{kind}:{path}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,6 +139,7 @@ class Trainer:
         if train.threads > 0:
             torch.set_num_threads(train.threads)
 
+        train.data = absolute_data_spec(train.data)
         self.dataset = open_dataset(train.data, resolution=train.resolution, channels=train.channels,
                                     n=train.n_data, seed=train.seed, fit=train.fit, download=train.download)
         cls = METHODS[train.method]
@@ -221,7 +239,8 @@ class Trainer:
 
     def estimate_seconds(self) -> float | None:
         """Seconds the rest of the budget takes: measured step speed, plus the data thread's loading
-        where it competes with training for the cores (every core busy training, or items not kept)."""
+        where it competes with training for the cores (no core left free by training and other
+        processes' load), else the larger of the two."""
         rt = self.runtime
         if rt is None or not rt.img_per_s:
             return None
@@ -230,7 +249,8 @@ class Trainer:
         per_batch, kept = getattr(self, "_data_cost", (0.0, True))
         new_items = min(len(self.dataset), left_img) if kept else left_img
         data = new_items / self.cfg.batch_size * per_batch
-        return compute + data if rt.threads >= _cores() else max(compute, data)
+        spare = _cores() - _load_level()[1]  # cores other processes leave free
+        return compute + data if rt.threads + 1 > spare else max(compute, data)
 
     def estimate_line(self) -> str | None:
         """'estimated duration: K kimg ... about T' from measurements on this machine (None when not measured)."""
@@ -715,6 +735,9 @@ def _config_diff(old: dict, new: dict) -> list[str]:
             for k in sorted(set(a) | set(b)):
                 if section == "train" and k in SCHEDULE_KEYS:
                     continue
+                if section == "train" and k == "data" and isinstance(a.get(k), str) and isinstance(b.get(k), str):
+                    if absolute_data_spec(a[k]) == absolute_data_spec(b[k]):  # runs from before paths were absolute
+                        continue
                 if a.get(k) != b.get(k):
                     diff.append(f"{section}.{k}: {a.get(k)!r} -> {b.get(k)!r}")
         elif a != b:
