@@ -240,6 +240,17 @@ def test_variable_frame_rate_is_warned(tmp_path):
     assert ds.get(range(20)).params[:, 0].tolist() == pytest.approx([p / 1000 for p in pts], abs=2e-3)
 
 
+def test_long_files_show_progress(clip, monkeypatch, capsys):
+    import calae.data.video as V
+
+    monkeypatch.setattr(V, "_PROGRESS_FRAMES", 10)  # a 30-frame clip counts as long
+    assert len(_open(clip, every=1)) == 30
+    assert "decoding clip.mp4" in capsys.readouterr().err
+    monkeypatch.setattr(V, "_PROGRESS_FRAMES", 100)
+    _open(clip, every=1)
+    assert "decoding" not in capsys.readouterr().err
+
+
 def test_missing_pyav_names_the_extra(clip, monkeypatch):
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(DataError, match=r"pip install 'calae\[video\]'"):

@@ -305,9 +305,12 @@ class VideoFrames(Dataset):
         stamps: list[float] = []
         k = 0  # frames seen at or after start
         decoded = 0
+        bar = _progress_bar(stream, p, self.start, self.end)
         try:
             for frame in container.decode(stream):
                 decoded += 1
+                if bar is not None:
+                    bar.update()
                 ft = frame.time
                 if ft is None:
                     ft = (decoded - 1) / 30.0
@@ -337,6 +340,9 @@ class VideoFrames(Dataset):
             why = (str(e).strip().splitlines() or [""])[0]
             notes.append(f"is corrupt or truncated after {len(stamps)} frames ({type(e).__name__}: {why}); "
                          f"using the {sink.count} items before that point")
+        finally:
+            if bar is not None:
+                bar.close()
         if not sink.count:
             if decoded == 0:
                 raise _BadVideo("has zero decodable frames")
@@ -481,6 +487,23 @@ class _Sink:
                             "free some space or set CALAE_CACHE_DIR to another folder") from None
         x = np.memmap(self.path, dtype=np.uint8, mode="r", shape=shape)
         return (np.array(x) if x.nbytes <= room else x), self.path
+
+
+_PROGRESS_FRAMES = 3000  # a bar for files longer than this (about 6 s of decoding at 512 px)
+
+
+def _progress_bar(stream, p: Path, start: float, end: float | None):
+    """A tqdm bar on stderr while a long file is decoded (its frame count estimated from the header)."""
+    n = int(stream.frames or 0)
+    if not n and stream.duration and stream.time_base and stream.average_rate:
+        n = int(float(stream.duration * stream.time_base) * float(stream.average_rate))
+    if end is not None and stream.average_rate:
+        n = min(n, int(end * float(stream.average_rate))) if n else int(end * float(stream.average_rate))
+    if n <= _PROGRESS_FRAMES:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=n, unit="frame", desc=f"decoding {p.name}", leave=False, mininterval=1.0)
 
 
 def _chw(im: Image.Image) -> np.ndarray:
