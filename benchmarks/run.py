@@ -5,7 +5,7 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("bench_fractals", "bench_train", "bench_as_distance", "bench_toys", "bench_quality")
+BENCHES = ("bench_fractals", "bench_train", "bench_as_distance", "bench_toys", "bench_quality", "bench_video")
 
 
 def main(argv=None) -> int:
