@@ -317,6 +317,13 @@ def test_round_trip_sweep_train_interpolate(tmp_path, cli_env):
     assert p.returncode == 0, p.stderr
     frames = read_frames(movie)
     assert len(frames) == 2 * 5 - 2 and frames[0].std() > 1 and movie.with_suffix(".png").exists()
+    p = _cli(["bend", str(run), "--list-layers"], env)
+    assert p.returncode == 0, p.stderr
+    layer = p.stdout.split()[0]
+    p = _cli(["bend", str(run), "--layer", layer, "--transform", "rotate:0", "--animate", "angle=0:90",
+              "--frames", "4", "--n", "4", "--out", str(tmp_path / "bend.mp4")], env)
+    assert p.returncode == 0, p.stderr
+    assert len(read_frames(tmp_path / "bend.mp4")) == 4
 
 
 def test_cli_errors_are_one_line(tmp_path, cli_env):
