@@ -331,6 +331,7 @@ def test_cli_errors_are_one_line(tmp_path, cli_env):
     for args, msg in (
         (["train", "vae", "--data", f"video:{tmp_path / 'x.mp4'}", "--out", str(tmp_path / "r")], "not a readable video"),
         (["train", "vae", "--data", "video:nowhere.mp4", "--out", str(tmp_path / "r")], "does not exist"),
+        (["train", "vae", "--data", str(tmp_path / "x.mp4"), "--out", str(tmp_path / "r")], "--data video:"),
         (["fractals", "--video", str(tmp_path / "v.mp4")], "--sweep"),
         (["fractals", "--video", str(tmp_path / "v.gif"), "--sweep", "c_re=0:1"], "ending in .mp4"),
     ):

@@ -91,7 +91,10 @@ def _toy(arg: str, resolution=None, channels=None, n: int | None = None, seed: i
 @register(DATASETS, "folder")
 def _folder(arg: str, resolution: int, channels: int, fit: str = "crop", n: int | None = None, **kw) -> Dataset:
     from .folder import ImageFolder
+    from .video import VIDEO_EXTENSIONS
 
+    if arg.lower().endswith(VIDEO_EXTENSIONS):
+        raise DataError(f"{arg} is a video; train on its frames with --data video:{arg}")
     return ImageFolder(arg, resolution=resolution, channels=channels, fit=fit, limit=n)
 
 
