@@ -11,7 +11,7 @@ Options, after a ``?`` and separated by commas (``video:rec.mp4?every=20,start=5
 * ``start=S`` / ``end=S``: seconds (frame timestamps); frames before ``start`` and from ``end`` on are
   left out.  Counting for ``every`` starts at the first frame at or after ``start``.
 * ``crops=N`` and ``crop=SIDE``: N square crops of SIDE source pixels per kept frame, at positions
-  drawn from (seed, file, frame, crop) so every run sees the same items, each resized to the
+  drawn from (seed, file name, frame number) so every run sees the same items, each resized to the
   training resolution (seed 000 took five 512-pixel crops of each frame).  ``crops`` alone takes
   crops of half the frame's short side; ``crop`` alone takes one.  Without them the whole frame
   becomes square by ``--fit`` (crop / pad / stretch) as in image folders; a square frame that only
@@ -44,6 +44,7 @@ import hashlib
 import json
 import os
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ __all__ = ["VideoFrames", "BadVideoWarning", "VIDEO_EXTENSIONS", "parse_video_sp
            "require_av", "default_cache_dir"]
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi")
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 _OPTION_NAMES = ("every", "start", "end", "crops", "crop", "cache")
 _CACHE_MODES = ("auto", "memory", "none")
 _VFR_RATIO = 1.5  # frame intervals differing by more than this factor: a variable frame rate
@@ -152,8 +153,10 @@ def _reason(e: BaseException) -> str:
     return f"could not be decoded ({type(e).__name__}: {msg})" if msg else f"could not be decoded ({type(e).__name__})"
 
 
-def _crop_boxes(seed: int, file_no: int, frame_no: int, n: int, side: int, w: int, h: int) -> list[tuple]:
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, file_no, frame_no, 0xC0])
+def _crop_boxes(seed: int, name: str, frame_no: int, n: int, side: int, w: int, h: int) -> list[tuple]:
+    """Crop positions from (seed, file name, frame number): the same for a file wherever it sits
+    in a folder, so they agree with its cache file (keyed by path, not by position)."""
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode()), frame_no, 0xC0])
     xs = rng.integers(0, w - side + 1, size=n)
     ys = rng.integers(0, h - side + 1, size=n)
     return [(int(x), int(y), int(x) + side, int(y) + side) for x, y in zip(xs, ys)]
@@ -371,7 +374,7 @@ class VideoFrames(Dataset):
             if side > min(w, h):
                 raise DataError(f"{p}: crop={side} is larger than the frame ({w}x{h}); use crop<={min(w, h)}")
             outs = []
-            for box in _crop_boxes(self.seed, file_no, k, self.crops, side, w, h):
+            for box in _crop_boxes(self.seed, p.name, k, self.crops, side, w, h):
                 c = im.crop(box)
                 if side != R:
                     c = c.resize((R, R), Image.LANCZOS, reducing_gap=3.0)
