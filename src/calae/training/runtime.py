@@ -129,7 +129,8 @@ SLOW_STEP_S = 4.0  # a first small step slower than this ends the calibration: t
 
 
 def _measure(step: Callable[[torch.dtype | None, bool], None], amp, threads: int, images_per_step: int,
-             sync: Callable[[], None], best_screen: float | None = None) -> tuple[float, float, str]:
+             sync: Callable[[], None], best_screen: float | None = None,
+             warm: bool = False) -> tuple[float, float, str]:
     """(img/s of ``step(amp, full=True)`` at ``threads`` threads, img/s of the small first step,
     "timed" | "screened" (slower than the best by far) | "slow" (the first small step took over
     SLOW_STEP_S)): for the last two the first number is the small step's.
@@ -149,10 +150,13 @@ def _measure(step: Callable[[torch.dtype | None, bool], None], amp, threads: int
         screen = max(screen, small / max(dt, 1e-9))
         if best_screen is None and dt > SLOW_STEP_S:  # a network too big to try four ways
             return screen, screen, "slow"
+        if best_screen is not None and screen * SCREEN_LOSES * 3 < best_screen:  # far behind at once
+            return screen, screen, "screened"
     if best_screen is not None and screen * SCREEN_LOSES < best_screen:
         return screen, screen, "screened"
-    step(amp, True)
-    sync()
+    if not warm:  # the first full-size step of this precision builds its kernels: not timed
+        step(amp, True)
+        sync()
     n, t0 = 0, time.perf_counter()
     while n < MAX_TIMED_STEPS:
         step(amp, True)
@@ -201,19 +205,30 @@ def choose(precision: str, threads: int, device: torch.device, workload: dict,
     timings: dict[str, float] = {}
     screened: set[str] = set(entry.get("screened", [])) if entry is not None and isinstance(entry.get("screened"), list) else set()
     screen_rates: dict[str, float] = {}
-    todo = [(a, t) for a in amps for t in thread_opts if setting_name(a, t) not in cached]
-    if todo and measured_any:
-        log(f"measuring {len(todo)} settings of precision and threads on this machine (once per machine and "
-            f"model; cached in {path}) ...")
-    slow = None
-    for a, t in [(a, t) for a in amps for t in thread_opts]:
+    todo = []  # the settings measured now (not read from the cache)
+    slow, warmed, t_start = None, set(), time.perf_counter()
+    # every thread count in the first precision, then the other precision at the winning thread count
+    # only (the thread count that wins hardly depends on the precision; bf16 without bf16 units is slow)
+    plan = [(amps[0], t) for t in thread_opts]
+    for a in amps[1:]:
+        plan.append((a, None))
+    for a, t in plan:
+        if t is None:
+            t = max(thread_opts, key=lambda th: (setting_name(amps[0], th) not in screened,
+                                                  timings[setting_name(amps[0], th)]))
         name = setting_name(a, t)
         if name in cached and isinstance(cached[name], (int, float)) and cached[name] > 0:
             timings[name] = float(cached[name])
             continue
+        if not todo and measured_any:
+            log(f"measuring precision and threads on this machine (once per machine and model; cached in {path}) ...")
+        todo.append(name)
         best = max(timings, key=timings.get) if timings else None
         timings[name], screen_rates[name], status = _measure(step, a, t, images_per_step, sync,
-                                                             screen_rates.get(best) if best else None)
+                                                             screen_rates.get(best) if best else None,
+                                                             warm=a in warmed)
+        if status == "timed":
+            warmed.add(a)
         if status == "screened":
             screened.add(name)
         if status == "slow":
@@ -230,7 +245,7 @@ def choose(precision: str, threads: int, device: torch.device, workload: dict,
                        f"{rule_why if precision == 'auto' else '--precision ' + precision}; one step on {n} images "
                        f"took {n / timings[setting_name(*slow)]:.0f} s, too slow to compare settings; "
                        f"{'--threads ' + str(threads) if threads > 0 else 'all cores'}", timings)
-    best = max(((a, t) for a in amps for t in thread_opts),
+    best = max(((a, t) for a in amps for t in thread_opts if setting_name(a, t) in timings),
                key=lambda at: (setting_name(*at) not in screened, timings[setting_name(*at)]))
     torch.set_num_threads(best[1])
     rate = timings[setting_name(*best)]
@@ -250,7 +265,7 @@ def choose(precision: str, threads: int, device: torch.device, workload: dict,
     table = ", ".join(f"{n.replace('x', ' x')} {r:.1f}{small if n in screened else ''}"
                       for n, r in sorted(timings.items(), key=lambda kv: (kv[0] in screened, -kv[1])))
     fixed = ([f"--precision {precision}"] if precision != "auto" else []) + ([f"--threads {threads}"] if threads > 0 else [])
-    src = "measured now" if todo else "cached measurement"
+    src = f"measured now in {time.perf_counter() - t_start:.0f} s" if todo else "cached measurement"
     why = (f"auto: fastest of {table} img/s ({src}, machine {level}, load {load:.1f}"
            f"{'' if saved else '; cache not writable'})" + (f"; {', '.join(fixed)} as given" if fixed else ""))
     return Runtime(best[0], best[1], rate, why, timings)
