@@ -543,7 +543,7 @@ def cmd_fractals(a) -> int:
 
 
 def _fractal_video(a) -> int:
-    from .viz.video import VIDEO_OUT_EXTENSIONS, fractal_sweep, parse_sweep, save_video
+    from .viz.video import VIDEO_OUT_EXTENSIONS, iter_fractal_sweep, parse_sweep, save_video
 
     if not a.video:
         raise UserError("--sweep makes a video: add --video OUT.mp4")
@@ -554,9 +554,9 @@ def _fractal_video(a) -> int:
     if not a.sweep:
         raise UserError("--video needs at least one --sweep PARAM=A:B, e.g. --sweep c_re=-0.8:-0.7")
     sweeps = [parse_sweep(s) for s in a.sweep]
-    x, _ = fractal_sweep(sweeps, a.frames, seed=a.seed, index=a.index, family=a.family, resolution=a.resolution,
-                         channels=a.channels, supersample=a.supersample, progress=True)
-    out = save_video(list(x), a.video, fps=a.fps)
+    batches = iter_fractal_sweep(sweeps, a.frames, seed=a.seed, index=a.index, family=a.family,
+                                 resolution=a.resolution, channels=a.channels, supersample=a.supersample, progress=True)
+    out = save_video((f for x, _ in batches for f in x), a.video, fps=a.fps)  # rendered and encoded batch by batch
     how = {"seed": a.seed, "family": a.family, "index": a.index, "frames": a.frames, "fps": a.fps,
            "resolution": a.resolution, "channels": a.channels, "supersample": a.supersample,
            "sweep": [{"param": n, "from": lo, "to": hi} for n, lo, hi in sweeps]}

@@ -6,9 +6,10 @@ which the 4:2:0 pixel format H.264 players expect requires.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -45,9 +46,12 @@ def _frame_array(f: torch.Tensor | np.ndarray, upscale: int) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def save_video(frames: Sequence[torch.Tensor], path: str | os.PathLike, fps: float = 24, upscale: int = 1,
+def save_video(frames: Iterable[torch.Tensor], path: str | os.PathLike, fps: float = 24, upscale: int = 1,
                crf: int = 18) -> Path:
-    """Write uint8 [C, H, W] frames as a video (codec by extension), atomically; returns the path."""
+    """Write uint8 [C, H, W] frames as a video (codec by extension), atomically; returns the path.
+
+    ``frames`` may be a generator: each frame is encoded as it arrives, so long videos never sit
+    in memory."""
     from ..data.video import require_av
 
     av = require_av()
@@ -55,10 +59,11 @@ def save_video(frames: Sequence[torch.Tensor], path: str | os.PathLike, fps: flo
     ext = path.suffix.lower()
     if ext not in _CODECS:
         raise DataError(f"{path}: video output is {' '.join(VIDEO_OUT_EXTENSIONS)}; got {ext or 'no extension'}")
-    if not frames:
+    arrays = (_frame_array(f, max(1, int(upscale))) for f in frames)
+    first = next(arrays, None)
+    if first is None:
         raise ValueError("save_video needs at least one frame")
-    arrays = [_frame_array(f, max(1, int(upscale))) for f in frames]
-    h, w = arrays[0].shape[:2]
+    h, w = first.shape[:2]
     codec = next((c for c in _CODECS[ext] if c in av.codecs_available), None)
     if codec is None:  # pragma: no cover - PyAV wheels carry both
         raise DataError(f"this PyAV build has no encoder for {ext} ({', '.join(_CODECS[ext])})")
@@ -75,7 +80,7 @@ def save_video(frames: Sequence[torch.Tensor], path: str | os.PathLike, fps: flo
                 s.options = {"crf": str(int(crf)), "preset": "medium"}
             elif codec.startswith("libvpx"):
                 s.options = {"crf": str(int(crf) + 12), "b": "0"}
-            for a in arrays:
+            for a in itertools.chain([first], arrays):
                 if a.shape[:2] != (h, w):
                     raise ValueError(f"video frames differ in size: {a.shape[:2]} after {(h, w)}")
                 for packet in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
@@ -122,10 +127,22 @@ def fractal_sweep(sweeps: Sequence[tuple[str, float, float]], frames: int, seed:
     linearly from A to B and every other parameter fixed: (uint8 [frames, C, R, R], params [frames, P]).
 
     The start image is the dataset's own (its dull-image re-draws included), so the sweep is a pure
-    function of (seed, index, family, sweeps, frames, resolution).
+    function of (seed, index, family, sweeps, frames, resolution).  :func:`iter_fractal_sweep`
+    yields the same frames batch by batch.
     """
+    parts = list(iter_fractal_sweep(sweeps, frames, seed, index, family, resolution, channels, supersample,
+                                    batch, progress))
+    return torch.cat([x for x, _ in parts]), np.concatenate([p for _, p in parts])
+
+
+def iter_fractal_sweep(sweeps: Sequence[tuple[str, float, float]], frames: int, seed: int = 0, index: int = 0,
+                       family: str = "any", resolution: int = 64, channels: int = 3, supersample: int = 1,
+                       batch: int = 16, progress: bool = False) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    """:func:`fractal_sweep` in batches of ``batch`` frames: (uint8 [b, C, R, R], params [b, P])."""
     from ..data.fractals import PARAM_NAMES, render, render_indices
 
+    if index < 0:
+        raise DataError(f"--index must be >= 0 (an image of the dataset), got {index}")
     if frames < 1:
         raise DataError(f"--frames must be at least 1, got {frames}")
     if not sweeps:
@@ -138,12 +155,10 @@ def fractal_sweep(sweeps: Sequence[tuple[str, float, float]], frames: int, seed:
     t = np.linspace(0.0, 1.0, frames) if frames > 1 else np.zeros(1)
     for name, a, b in sweeps:
         P[:, PARAM_NAMES.index(name)] = a + (b - a) * t
-    out = []
     steps = range(0, frames, batch)
     if progress:
         from tqdm import tqdm
 
         steps = tqdm(steps, unit="batch", desc="rendering sweep", leave=False)
     for s in steps:
-        out.append(render(P[s:s + batch], resolution, channels, supersample))
-    return torch.cat(out), P.astype(np.float32)
+        yield render(P[s:s + batch], resolution, channels, supersample), P[s:s + batch].astype(np.float32)
