@@ -14,6 +14,7 @@ from calae.cli import main
 from calae.config import ConfigError, TrainConfig
 from calae.training import Trainer
 from calae.training.checkpoint import CheckpointError
+from calae.training.stats import read_stats
 
 from conftest import tiny_model_cfg
 
@@ -90,6 +91,61 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over_cleanly(tmp_path):
     assert steps == sorted(set(steps))
 
 
+# snapshots every 3 steps, log records every 4: every other checkpoint falls inside a logging window
+KILL_RUN = ["train", "vae", "--data", "digits", "--resolution", "16", "--kimg", "0.192", "--batch-size", "16",
+            "--set", "z_dim=4", "--set", "base_channels=8", "--set", "max_channels=16",
+            "--set", "snapshot_every_kimg=0.048", "--set", "log_every_kimg=0.064", "--set", "sample_every_kimg=100",
+            "--no-progress", "--precision", "fp32", "--threads", "1"]
+TIMING = {"img_per_s", "data_wait"}  # wall-clock rates: the only fields a resumed run may log differently
+
+
+def _stats(out):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in read_stats(out / "stats.jsonl")]
+
+
+def test_logged_losses_after_a_kill_and_resume_equal_an_uninterrupted_run(tmp_path, cli_env):
+    """kill -9 inside the checkpoint write of step 9, after the record of step 8: the run resumes
+    from step 6's checkpoint, whose logging window holds steps 5-6, and step 8's record is redone
+    over steps 5-8 as in the uninterrupted run (not over 7-8)."""
+    cmd = [sys.executable, "-m", "calae", *KILL_RUN]
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    p = subprocess.run([*cmd, "--out", str(ref)], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    want = _stats(ref)
+    assert [r["step"] for r in want] == [4, 8, 12]
+    proc = subprocess.Popen([*cmd, "--out", str(out)], env=dict(cli_env, CALAE_FAULT_PAUSE_WRITE_S="1.5"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            recs = _stats(out)
+            if any(r.get("step") == 8 for r in recs) and list(out.glob(".state.safetensors.tmp*")):
+                break  # paused inside step 9's state write: step 6's checkpoint is the last intact one
+            time.sleep(0.02)
+        else:
+            pytest.fail("the run never reached step 9's checkpoint write")
+    finally:
+        proc.kill()
+        proc.wait()
+    assert [r["step"] for r in _stats(out)] == [4, 8]
+    p = subprocess.run([*cmd, "--out", str(out)], env=cli_env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "resuming" in p.stderr and "at 0.10 kimg (step 6)" in p.stderr
+    assert _stats(out) == want
+
+
+def test_a_damaged_logging_window_refuses_resume(run):
+    def meta(m):
+        c = json.loads(m["counters"])
+        c["log_window"] = {"sums": {"vae/loss": "x"}, "counts": {"vae/loss": 1}}
+        return {**m, "counters": json.dumps(c)}
+
+    _rewrite(run / "state.safetensors", meta)
+    with pytest.raises(CheckpointError, match="log_window") as e:
+        make_trainer(run, kimg=0.128).run()
+    assert "\n" not in str(e.value)
+
+
 def test_out_pointing_at_a_file_is_refused(tmp_path):
     f = tmp_path / "file"
     f.write_text("precious")
@@ -164,6 +220,31 @@ def test_divergence_message_is_true(tmp_path):
     assert "no checkpoint was written yet" in msg and "last good" not in msg
     assert "--precision fp32" not in msg and "--init-from" in msg and "--set lr" not in msg
 
+
+
+def test_divergence_after_a_checkpoint_names_it_and_bf16_runs_are_told_fp32(tmp_path):
+    """The other branch of each claim: a checkpoint exists (named with its kimg, and intact), and a
+    bf16 run is offered fp32."""
+    from calae.training import TrainingDiverged
+    from calae.training.checkpoint import load_state
+
+    cfg = TrainConfig(method="vae", data="digits", resolution=16, kimg=0.5, batch_size=16, log_every_kimg=0.032,
+                      sample_every_kimg=100, snapshot_every_kimg=0.032, precision="bf16", max_bad_steps=2)
+    tr = Trainer(cfg, tiny_model_cfg("vae"), tmp_path / "r", progress=False)
+    real = tr.phases[0].loss
+
+    def loss(m, b, c):  # finite for steps 0-1 (checkpoint at step 2), then NaN
+        out = real(m, b, c)
+        return out if c.step < 2 else dict(out, loss=out["loss"] * float("nan"))
+
+    tr.phases[0].loss = loss
+    with pytest.raises(TrainingDiverged) as e:
+        tr.run()
+    msg = str(e.value)
+    assert "the last good checkpoint in" in msg and "(at 0.03 kimg) is intact" in msg and "no checkpoint" not in msg
+    assert "--precision fp32" in msg and "--init-from" in msg
+    fresh = Trainer(cfg, tiny_model_cfg("vae"), tmp_path / "r2", progress=False)
+    assert load_state(tmp_path / "r" / "state.safetensors", fresh.method, fresh.optimizers)["step"] == 2
 
 # ---- 3. checked checkpoints ------------------------------------------------------------------
 from safetensors import safe_open  # noqa: E402

@@ -291,7 +291,21 @@ def load_state(path: str | os.PathLike, method, optimizers: dict, rank: int | No
     counters.setdefault("skipped", 0)
     counters.setdefault("frames", [])
     counters.setdefault("time_s", 0.0)
+    win = counters.setdefault("log_window", {"sums": {}, "counts": {}})  # states written before it: empty
+    if not _valid_log_window(win):
+        raise CheckpointError(f"{path}: its counters are damaged (log_window {str(win)[:80]}); restore an intact "
+                              "copy, or pass --force to start over")
     return counters
+
+
+def _valid_log_window(win) -> bool:
+    """The logging window's partial sums: {"sums": {name: float}, "counts": {name: int > 0}}, same names."""
+    if not (isinstance(win, dict) and set(win) == {"sums", "counts"}):
+        return False
+    sums, counts = win["sums"], win["counts"]
+    return (isinstance(sums, dict) and isinstance(counts, dict) and set(sums) == set(counts)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in sums.values())
+            and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in counts.values()))
 
 
 # ---- starting a run from another run's networks -----------------------------------------------
