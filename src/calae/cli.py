@@ -456,6 +456,11 @@ def cmd_latents(a) -> int:
     _check_out(a.out, (".png", ".npz"))
     m = _load(a.run)
     ds = _data_for(m, a.data)
+    if not a.over_prior and not a.out.endswith(".npz"):
+        try:
+            explore.check_color_by(ds, a.color_by)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     _stage(f"encoding {a.n} items and projecting them ({a.projection})")
     if a.over_prior:
         from .viz.latents import latent_scatter

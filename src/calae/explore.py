@@ -109,15 +109,20 @@ def _upscale(img: torch.Tensor) -> int:
     return max(1, 256 // side) if side < 256 else 1
 
 
-def latent_map(model, dataset: Dataset, out: str | Path, n: int = 1000, method: str = "pca",
-               color_by: str = "auto", seed: int = 0) -> Path:
-    """2-D map of the codes (PCA or t-SNE), coloured by label or by a generating parameter."""
+def check_color_by(dataset: Dataset, color_by: str) -> None:
+    """ValueError unless ``color_by`` is auto, none, label (labelled data) or one of its parameters."""
     info = dataset.info
     choices = ["auto", "none"] + (["label"] if info.num_classes else []) + (
         list(getattr(dataset, "param_names", None) or [f"param{i}" for i in range(info.num_params)]))
     if color_by not in choices:
         raise ValueError(f"--color-by {color_by!r} is not something this data has; choose one of "
                          f"{', '.join(choices)}")
+
+
+def latent_map(model, dataset: Dataset, out: str | Path, n: int = 1000, method: str = "pca",
+               color_by: str = "auto", seed: int = 0) -> Path:
+    """2-D map of the codes (PCA or t-SNE), coloured by label or by a generating parameter."""
+    check_color_by(dataset, color_by)
     import matplotlib
 
     matplotlib.use("Agg")

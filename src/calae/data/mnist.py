@@ -268,7 +268,7 @@ def download(directory: str | os.PathLike, mirror: str | None = None, files: Ite
         base += "/"
     sums = _DEFAULT_SUMS if checksums is None else checksums
     root = Path(directory).expanduser()
-    created = not root.exists()
+    created = [p for p in (root, *root.parents) if not p.exists()]  # what mkdir makes, deepest first
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -287,8 +287,9 @@ def download(directory: str | os.PathLike, mirror: str | None = None, files: Ite
             _fetch(base + name, dest, expected, progress, timeout)
             out.append(dest)
     except DataError as e:
-        if created and not any(root.iterdir()):
-            root.rmdir()  # a failed first download leaves no empty folder behind
+        for d in created:  # a failed first download leaves no empty folders behind
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
         raise DataError(f"{e}; or copy the IDX files ({', '.join(files)}) into {root} by hand") from None
     return out
 
