@@ -25,13 +25,14 @@ Variants (``--variants``; the ablations change one thing of ``calae``):
   calae-hessian-paper   hessian_weight=0.1 (the paper's weight; the default is 1e-6)
   calae-fractal-prior   ``calae-32-fractal-prior`` (z from the IFS attractor prior)
   calae-fractal-prior-no-hessian  the same without the Hessian penalty
+  calae-pixel           pixel_weight=1: phase 4 adds mean (x̂ − x)² to PatchNCE
 
 Results are written after every variant (``--merge`` keeps the other variants' rows of the file
 when it was measured at the same kimg, seed and growth), so a stopped run loses only the running
 variant. ``--pictures DIR`` saves one panel per variant: 8 real images over their reconstructions,
 16 samples (display truncation), and an interpolation between the codes of two real images.
 
-    python -m benchmarks.bench_calae [--kimg 5] [--variants alae,calae] [--merge] [--quick]
+    python -m benchmarks.bench_calae [--kimg 5] [--variants alae,calae] [--merge] [--quick] [--report]
 
 Writes benchmarks/results/calae.json (--quick: calae_quick.json).
 """
@@ -58,6 +59,7 @@ VARIANTS = {
     "calae-hessian-paper": ("calae-32", {"hessian_weight": 0.1}),
     "calae-fractal-prior": ("calae-32-fractal-prior", {}),
     "calae-fractal-prior-no-hessian": ("calae-32-fractal-prior", {"hessian_weight": 0.0}),
+    "calae-pixel": ("calae-32", {"pixel_weight": 1.0}),
 }
 METRICS = ["recon", "swd_rec", "swd_gen", "fd_randconv", "disentangle"]
 
@@ -180,8 +182,7 @@ def table(rows: list[dict], meta: dict) -> str:
            "| variant | " + " | ".join(c[0] for c in COLS) + " | train s |",
            "|---" * (len(COLS) + 2) + "|"]
     for r in rows:
-        cells = [f"{r['before'][k]:{f}} -> **{r['after'][k]:{f}}**" if k.startswith("recon/psnr") else
-                 f"{r['before'][k]:{f}} -> {r['after'][k]:{f}}" for _, k, f in COLS]
+        cells = [f"{r['before'][k]:{f}} → {r['after'][k]:{f}}" for _, k, f in COLS]
         out.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {r['train_s']:.0f} |")
     out += ["", "Disentanglement of E(x) against the renderer's parameters (after training; before in brackets)",
             "| variant | " + " | ".join(c[0] for c in DIS) + " |", "|---" * (len(DIS) + 1) + "|"]
@@ -204,7 +205,15 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", default=None, help="JSON path (default results/calae.json; --quick: calae_quick.json)")
     p.add_argument("--pictures", default=None, help="folder for one PNG panel per variant (default: none)")
     p.add_argument("--merge", action="store_true", help="keep the other variants' rows of --out")
+    p.add_argument("--report", action="store_true", help="print the tables of --out and exit (no training)")
     a = p.parse_args(argv)
+    if a.report:
+        path = Path(a.out or RESULTS / ("calae_quick.json" if a.quick else "calae.json"))
+        if not path.exists():
+            raise SystemExit(f"--report: {path} does not exist; run the benchmark first")
+        res = json.loads(path.read_text())
+        print(table(res["rows"], res))
+        return res["rows"]
     names = (a.variants or ("alae,calae" if a.quick else ",".join(VARIANTS))).split(",")
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
