@@ -5,7 +5,8 @@ import argparse
 import importlib
 import sys
 
-BENCHES = ("bench_fractals", "bench_train", "bench_as_distance", "bench_toys", "bench_quality", "bench_video")
+BENCHES = ("bench_fractals", "bench_train", "bench_as_distance", "bench_toys", "bench_quality", "bench_video",
+           "bench_explore")
 
 
 def main(argv=None) -> int:

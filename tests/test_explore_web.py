@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -102,11 +103,26 @@ def test_uploads_are_limited_and_checked(server):
     assert status == 200 and info["name"] == "vae" and info["n_points"] == 150
 
 
+def test_answers_on_a_kept_alive_connection_are_not_held_back(server):
+    """Nagle's algorithm against the client's delayed ACK holds each answer's body ~40 ms; the
+    listening socket sets TCP_NODELAY so a cheap request answers in a few milliseconds."""
+    c = http.client.HTTPConnection("127.0.0.1", server["port"], timeout=30)
+    ms = []
+    for _ in range(12):
+        t0 = time.perf_counter()
+        c.request("GET", "/api/info")
+        assert c.getresponse().read()
+        ms.append(1e3 * (time.perf_counter() - t0))
+    c.close()
+    assert sorted(ms)[len(ms) // 2] < 30, ms
+
+
 def test_the_server_binds_this_machine_only_unless_told(capsys):
     from calae.web.server import bind
 
     sock = bind("127.0.0.1", 0)
     assert sock.getsockname()[0] == "127.0.0.1"
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # no Nagle wait on answers
     sock.close()
     assert capsys.readouterr().err == ""
     sock = bind("0.0.0.0", 0)
@@ -174,6 +190,26 @@ def test_the_page_loads_and_draws_the_map(page):
     assert len(page.query_selector_all("#samples img")) == 8
     assert pixels(settled(page)).shape == (16, 16, 3)
     assert not page.errors
+
+
+def canvas(page) -> np.ndarray:
+    return pixels(page.eval_on_selector("#map", "c => c.toDataURL('image/png')"))
+
+
+def test_the_map_is_coloured_by_the_chosen_key(page):
+    keys = page.eval_on_selector("#colour-by", "s => [...s.options].map(o => o.value)")
+    assert keys == ["none", "label"] and page.input_value("#colour-by") == "label"  # digits carry labels
+    by_label = canvas(page)
+    page.select_option("#colour-by", "none")
+    plain = canvas(page)
+    page.select_option("#colour-by", "label")
+    assert np.abs(canvas(page) - by_label).max() == 0
+    diff = np.abs(by_label - plain).max(axis=2) > 0
+    assert diff.sum() > 100  # the points changed colour
+    palette = {(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)}  # app.js's category colours
+    shown = lambda img: {c for c in map(tuple, img.reshape(-1, 3).tolist()) if c in palette}  # noqa: E731
+    assert shown(plain) == {(31, 119, 180)} and len(shown(by_label)) >= 5  # one colour per digit class
 
 
 def test_hover_and_click_on_the_map_decode_live(page):
