@@ -130,3 +130,36 @@ def test_concurrent_requests_share_the_model_and_bends_stay_in_their_own(models)
             assert np.abs(img - alone[i]).max() == 0, i
     assert all(not mod._forward_hooks for mod in m.decoder.modules())
     assert np.abs(alone[1] - pixels(ex.decode({"code": codes[1]})["image"])).max() > 0  # the bend did bend
+
+
+def test_every_point_of_the_map_has_a_code():
+    from calae.explore import LatentMap
+
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(40, 6)) * np.array([5, 3, 1, 0.5, 0.2, 0.1])
+    pca = LatentMap(codes, "pca")
+    assert pca.xy.shape == (40, 2)
+    for u, v in [(0.0, 0.0), (3.0, -1.5), tuple(pca.xy[7])]:
+        w = pca.code_at(u, v)  # PCA goes back exactly within its plane: mapping the code returns (u, v)
+        assert np.allclose((w - pca.mean) @ pca.axes.T, [u, v])
+    assert np.allclose(pca.code_at(0, 0), codes.mean(0))
+    pytest.importorskip("sklearn")
+    ts = LatentMap(codes, "tsne", seed=0)
+    i, j = 3, int(np.argsort(np.hypot(*(ts.xy - ts.xy[3]).T))[1])  # an item and its nearest neighbour
+    assert np.allclose(ts.code_at(*ts.xy[i]), codes[i], atol=1e-6)  # on an item: its own code
+    mid = ts.code_at(*((ts.xy[i] + ts.xy[j]) / 2))  # between two: a blend, nearer both than the rest
+    d = np.linalg.norm(codes - mid, axis=1)
+    assert d[i] < np.median(d) and d[j] < np.median(d)
+    assert np.array_equal(LatentMap(codes, "tsne", seed=0).xy, ts.xy)  # the same map for the same seed
+
+
+def test_a_map_request_decodes_the_point_it_names(models, fractals):
+    ex = Explorer(models["vae"], fractals, n=30, directions=4)
+    lm = ex.latent_map("pca")
+    u, v = lm.xy[5]
+    by_map = ex.decode({"map": {"projection": "pca", "xy": [float(u), float(v)]}})
+    by_code = ex.decode({"code": lm.code_at(u, v).tolist()})
+    assert np.abs(pixels(by_map["image"]) - pixels(by_code["image"])).max() == 0
+    assert np.allclose(by_map["code"], lm.code_at(u, v), atol=1e-5)
+    with pytest.raises(RequestError, match='map must be'):
+        ex.decode({"map": {"projection": "pca", "xy": "here"}})
