@@ -108,10 +108,10 @@ def test_clusters_group_channels_whose_maps_look_alike_and_are_deterministic():
 
 
 # ---- on trained decoders --------------------------------------------------------------------------
-def train(method, out, data="fractals"):
+def train(method, out, data="fractals", **model):
     cfg = TrainConfig(method=method, data=data, resolution=16, kimg=0.032, batch_size=16, precision="fp32",
                       sample_every_kimg=100, snapshot_every_kimg=100, n_data=64)
-    Trainer(cfg, tiny_model_cfg(method), out, progress=False, pictures=False).run()
+    Trainer(cfg, dict(tiny_model_cfg(method), **model), out, progress=False, pictures=False).run()
     return out
 
 
@@ -284,3 +284,32 @@ def test_bend_cli_clusters_and_animation_frames(runs, tmp_path, cli_env):
     assert len(frames) == 3 and np.abs(frames[0] - frames[2]).max() > 0  # the sweep changes the picture
     r = calae("--layer", "blocks.0", "--transform", "rotate", "--animate", "size=0:3", "--out", str(tmp_path / "x.gif"))
     assert r.returncode == 2 and "no transform given has a parameter 'size'" in r.stderr
+
+
+@pytest.mark.parametrize("method", ["aae", "as_intro_vae", "calae", "gan", "soft_intro_vae", "vae_gan"])
+def test_every_convolutional_decoder_bends_and_its_snapshot_is_untouched(method, tmp_path):
+    import hashlib
+
+    conv = {"arch": "conv", "base_channels": 8, "max_channels": 16} if method == "aae" else {}  # tiny AAE: MLP
+    run = train(method, tmp_path / method, **conv)
+    digest = lambda: hashlib.sha256((run / "snapshot.safetensors").read_bytes()).hexdigest()  # noqa: E731
+    before_file = digest()
+    m = ca.load(run)
+    found = bending.layers(m)
+    assert found, f"{method}: no feature-map layers found in its decoder"
+    layer = next(iter(found))
+    codes = m.sample_latents(3, seed=0)
+    before = m.decode(codes)
+    with m.bend(Bend(layer, "multiply:-1"), Bend(layer, "flip-h")):
+        bent = m.decode(codes)
+    assert not torch.equal(bent, before)
+    assert torch.equal(m.decode(codes), before)
+    assert digest() == before_file and "bend" not in json.dumps(m.meta)
+
+
+def test_an_mlp_decoder_is_refused_in_one_line(tmp_path):
+    m = ca.load(train("aae", tmp_path / "mlp"))  # the tiny AAE has MLP nets
+    assert bending.layers(m) == {}
+    with pytest.raises(BendError, match="no convolutional layers to bend .an MLP decoder."):
+        with m.bend(Bend("net.0", "ablate")):
+            pass
