@@ -74,6 +74,8 @@ def test_bend_specs_parse_and_refuse_bad_ones():
     b = Bend("blocks.1", "translate:0.25")
     assert (b.name, b.params) == ("translate", (0.25, 0.0))  # missing parameters take the defaults
     assert Bend("blocks.1", "rotate:10").with_param("angle", 45).params == (45.0,)
+    assert (Bend("a", "scalar-multiply:2").name, Bend("a", "binary-threshold:0.5").name) == ("multiply", "threshold")
+    assert torch.equal(transform(asym(), "scalar-multiply", 2), 2 * asym())
     for spec, msg in [("spin:3", "unknown transform 'spin'"), ("rotate:a", "must be numbers"),
                       ("rotate:1,2", "rotate takes 1 parameter"), ("scale:0", "scale factor must be > 0")]:
         with pytest.raises(BendError, match=msg):

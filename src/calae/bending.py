@@ -171,7 +171,12 @@ def transform(x: torch.Tensor, name: str, *params: float) -> torch.Tensor:
     return t.fn(x, *params)
 
 
+# the issue's / published tool's longer names
+ALIASES = {"scalar-multiply": "multiply", "binary-threshold": "threshold", "binary-thresh": "threshold"}
+
+
 def _transform(name: str) -> Transform:
+    name = ALIASES.get(name, name)
     if name not in TRANSFORMS:
         raise BendError(f"unknown transform {name!r}; choose from {', '.join(TRANSFORMS)}")
     return TRANSFORMS[name]
