@@ -434,12 +434,20 @@ def cmd_interpolate(a) -> int:
     return 0
 
 
+def _need_encoder(m) -> None:
+    """Refuse, before any progress line, a command that encodes images with a model that cannot."""
+    if not getattr(m.method, "has_encoder", True):
+        raise UserError(f"{m.method.name} has no encoder: it cannot encode or reconstruct images"
+                        " (train vae_gan or a VAE for that)")
+
+
 def cmd_encode(a) -> int:
     from . import explore
 
     if not a.out.endswith(".npz"):
         raise UserError(f"--out must end in .npz (codes are arrays), got {a.out!r}")
     m = _load(a.run)
+    _need_encoder(m)
     ds = _data_for(m, a.data)
     _stage(f"encoding {a.n} items")
     b = explore.load_real(m, ds, a.n)
@@ -456,6 +464,8 @@ def cmd_latents(a) -> int:
     _check_out(a.out, (".png", ".npz"))
     m = _load(a.run)
     ds = _data_for(m, a.data)
+    if not a.over_prior:
+        _need_encoder(m)
     if not a.over_prior and not a.out.endswith(".npz"):
         try:
             explore.check_color_by(ds, a.color_by)
@@ -483,11 +493,16 @@ def cmd_eval(a) -> int:
     import time
 
     from .metrics import default_metrics, evaluate
+    from .metrics.suite import needs_encoder
     from .progress import stage
 
     m = _load(a.run)
     ds = _data_for(m, a.data)
     names = [s for s in (a.metrics or "").split(",") if s] or default_metrics(ds.info, m.method)
+    if not getattr(m.method, "has_encoder", True):  # refused before any progress line
+        enc = [s for s in names if needs_encoder(s)]
+        if enc:
+            raise UserError(f"{m.method.name} has no encoder: metric {enc[0]} needs one (drop it from --metrics)")
     t0 = [time.perf_counter()]
 
     def on_metric(name, i, count):

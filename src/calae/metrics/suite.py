@@ -444,8 +444,13 @@ def default_metrics(info: DataInfo, model=None) -> list[str]:
     if os.environ.get(INCEPTION_ENV):
         names.append("fid_inception")
     if model is not None and not getattr(model, "has_encoder", True):  # a GAN: samples only
-        names = [m for m in names if m not in ("swd_rec", "recon") and not m.startswith("probe_")]
+        names = [m for m in names if not needs_encoder(m)]
     return names
+
+
+def needs_encoder(name: str) -> bool:
+    """Whether metric ``name`` encodes or reconstructs images (so a GAN cannot run it)."""
+    return name in ("swd_rec", "recon", "disentangle") or name.startswith("probe_")
 
 
 def evaluate(model, dataset: Dataset, names: list[str] | tuple[str, ...] | None = None, n: int | None = None,
