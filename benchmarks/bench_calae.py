@@ -41,12 +41,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from calae.training.runtime import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = "fractals:kali"
@@ -63,15 +64,6 @@ VARIANTS = {
 }
 METRICS = ["recon", "swd_rec", "swd_gen", "fd_randconv", "disentangle"]
 
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def held_out_hessian(method, n: int = 64, seed: int = 987_654, draws: int = 4) -> dict:

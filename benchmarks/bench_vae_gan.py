@@ -31,13 +31,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from calae.training.runtime import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ORDER = ("vae", "gan_from_vae", "gan", "vae_gan")  # gan_from_vae needs the vae run
@@ -46,15 +47,6 @@ CURVE_METRICS = ("swd_gen", "fd_randconv")
 NETS = {"z_dim": 64, "base_channels": 16, "max_channels": 64}
 D_NETS = {"d_hidden": 128}
 
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_folder(out: Path, n: int, resolution: int, seed: int, max_aspect: float) -> dict:
