@@ -50,6 +50,8 @@ VARIANTS = {
     "linear-E-out": {"model": {"e_out_slope": None}},
     "linear-E-out+batch-32": {"model": {"e_out_slope": None}, "train": {"batch_size": 32}},
     "linear-E-out+lr-0.005": {"model": {"e_out_slope": None, "lr": 0.005}},
+    "linear-E-out+batch-16": {"model": {"e_out_slope": None}, "train": {"batch_size": 16}},
+    "linear-E-out+batch-32+lr-0.004": {"model": {"e_out_slope": None, "lr": 0.004}, "train": {"batch_size": 32}},
 }
 
 
