@@ -19,6 +19,10 @@ EPILOG = ("Data specs: fractals[:kali|julia|mandelbrot|mix], mnist:DIR, digits, 
           "video:PATH[?every=K,start=S,end=S,crops=N,crop=SIDE] (pip install 'calae[video]'), or a folder of images.")
 
 
+TRAIN_DESCRIPTION = ("Train a model. Where a setting is given more than once, an explicit flag (or --set) wins "
+                     "over --config FILE, the file over --preset, and the preset over the defaults.")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2, no usage dump
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
@@ -52,6 +56,18 @@ def _positive_float(name):
     return conv
 
 
+def _keep(s):
+    if str(s).strip().lower() == "all":
+        return 0
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--keep takes a whole number >= 1 or all, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"--keep must be >= 1 (or all), got {v}")
+    return v
+
+
 def _bool(name):
     def conv(s):
         v = str(s).strip().lower()
@@ -72,10 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"calae {__version__}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train a model (re-running the same command resumes it)", epilog=EPILOG)
-    t.add_argument("method", choices=sorted(METHODS), help="method to train")
+    t = sub.add_parser("train", help="train a model (re-running the same command resumes it)",
+                       description=TRAIN_DESCRIPTION, epilog=EPILOG)
+    t.add_argument("method", nargs="?", choices=sorted(METHODS),
+                   help="method to train (may come from --config instead)")
+    t.add_argument("--config", metavar="FILE",
+                   help="settings from a .json or .yaml/.yml file (YAML needs PyYAML): the keys of these options "
+                        "(batch_size or batch-size, kimg, data, lr, preset, set: [KEY=VALUE, ...], out, ...) and of "
+                        "--set, or a run's own config.json (its train and model sections) to repeat that run; "
+                        "flags given here win over the file, the file over --preset")
     t.add_argument("--data", help="data spec (default: fractals, or the preset's)")
-    t.add_argument("--out", required=True, help="run folder; an existing one with the same config is resumed")
+    t.add_argument("--out", help="run folder (required here or as out: in --config); an existing one with the same "
+                   "config is resumed")
     t.add_argument("--resolution", type=_positive_int("--resolution"), help="image side in pixels")
     t.add_argument("--channels", type=int, choices=(1, 3), help="1 (grayscale) or 3 (RGB)")
     g = t.add_mutually_exclusive_group()
@@ -111,12 +135,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the resolved config and a parameter table, run one step of each phase, exit")
     t.add_argument("--force", action="store_true",
                    help="start over in an existing run folder (the old run is moved to OUT.previous-N)")
+    t.add_argument("--keep", type=_keep, metavar="N",
+                   help="also keep the N newest checkpoints as snapshots/snapshot-<images>.safetensors (all: every "
+                        "one); default: only the latest, snapshot.safetensors. state.safetensors is never deleted")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="random samples from a trained model")
     s.add_argument("run", help="run folder or snapshot .safetensors")
-    s.add_argument("--n", type=_positive_int("--n"), default=64, help="number of samples (default 64)")
+    s.add_argument("--n", type=_positive_int("--n"), help="number of samples (default 64, or rows x columns of --grid)")
     s.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    s.add_argument("--grid", metavar="RxC", help="the picture's rows x columns, e.g. 4x8 (draws R*C samples)")
+    s.add_argument("--nrow", type=_positive_int("--nrow"), metavar="C",
+                   help="images per row of the picture (default: as square a grid as fits --n)")
+    s.add_argument("--truncation", type=float, metavar="PSI",
+                   help="truncation psi: pull codes towards the mean code, 1 = none, 0.7 = StyleGAN's pictures "
+                        "(alae and calae; other methods have no truncation option)")
+    s.add_argument("--temperature", type=_positive_float("--temperature"), default=1.0, metavar="T",
+                   help="multiply the prior draw z by T (default 1, as in training; below 1: more typical, "
+                        "less varied samples)")
+    s.add_argument("--scale", type=_positive_int("--scale"), metavar="N",
+                   help="enlarge pictures N times (nearest neighbour; 1: native size); default: the smallest factor that makes them "
+                   "at least 512 px wide (at most 8)")
     s.add_argument("--out", required=True, help="output .png (grid) or .npz (raw float arrays)")
 
     r = sub.add_parser("reconstruct", help="real images next to their reconstructions")
@@ -124,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data", help="data spec (default: the run's training data)")
     r.add_argument("--n", type=_positive_int("--n"), default=32, help="number of images (default 32)")
     r.add_argument("--seed", type=int, default=0, help="which images (default 0)")
+    r.add_argument("--scale", type=_positive_int("--scale"), metavar="N",
+                   help="enlarge pictures N times (nearest neighbour; 1: native size); default: the smallest factor that makes them "
+                   "at least 512 px wide (at most 8)")
     r.add_argument("--out", required=True, help="output .png (real/reconstruction rows) or .npz")
 
     i = sub.add_parser("interpolate", help="linear interpolations in code space between real images (GIF or MP4 + PNG strip)")
@@ -132,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--steps", type=_positive_int("--steps"), default=16, help="frames per interpolation (default 16)")
     i.add_argument("--pairs", type=_positive_int("--pairs"), default=4, help="pairs shown side by side (default 4)")
     i.add_argument("--seed", type=int, default=0, help="which images (default 0)")
+    i.add_argument("--scale", type=_positive_int("--scale"), metavar="N",
+                   help="enlarge pictures N times (nearest neighbour; 1: native size); default: the smallest factor that makes them "
+                   "at least 512 px wide (at most 8)")
     i.add_argument("--out", required=True, help="output .gif or .mp4 (MP4 needs calae[video]; a .png strip is written beside it)")
 
     e = sub.add_parser("encode", help="codes of real images, with labels/parameters, as .npz")
@@ -189,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the faster of fp32 and bf16, measured on this machine")
     d.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: the faster of 1 and all "
                    "cores, measured on this machine)")
+    d.add_argument("--scale", type=_positive_int("--scale"), metavar="N",
+                   help="enlarge pictures N times (nearest neighbour; 1: native size); default: the smallest factor that makes them "
+                   "at least 512 px wide (at most 8)")
     _explore_parsers(sub)
     return p
 
@@ -242,12 +290,29 @@ def cmd_train(a) -> int:
     from .registry import METHODS
     from .training import train
 
+    fc = None
+    if a.config is not None:
+        from . import configfile
+
+        fc = configfile.read(a.config, a.method, METHODS)
+        a.method = fc.method
+        if a.out is None:
+            a.out = fc.out
+        if a.preset is None:
+            a.preset = fc.preset
+    if a.method is None:
+        raise UserError(f"name the method to train (calae train METHOD ...; one of {', '.join(sorted(METHODS))}) "
+                        "or give --config FILE with method: in it")
+    if not a.out:
+        raise UserError("give --out FOLDER (the run folder), or out: in the --config file")
+    file_train, file_model = (fc.train, fc.model) if fc else ({}, {})
     model: dict = {}
     tr: dict = {"method": a.method}
-    if a.preset is None and a.data:
-        a.preset = preset_for_data(a.method, a.data)
+    data = a.data or file_train.get("data")
+    if a.preset is None and data:
+        a.preset = preset_for_data(a.method, data)
         if a.preset and int(os.environ.get("RANK", "0")) == 0:
-            print(f"using preset {a.preset!r}, the paper's settings for --data {a.data} "
+            print(f"using preset {a.preset!r}, the paper's settings for --data {data} "
                   f"(flags and --set override it; --preset none for the plain defaults)", file=sys.stderr)
     if a.preset == "none":
         a.preset = None
@@ -257,15 +322,22 @@ def cmd_train(a) -> int:
             raise UserError(f"preset {a.preset!r} is for method {pr['method']!r}, not {a.method!r}")
         tr.update(pr["train"])
         model.update(pr["model"])
+    tr.update(file_train)  # the file beats the preset ...
+    model.update(file_model)
+    if "kimg" in file_train and file_train.get("epochs") is None:
+        tr.pop("epochs", None)  # the file's budget beats a preset's
+    elif file_train.get("epochs") is not None and "kimg" not in file_train:
+        tr.pop("kimg", None)
     for key, val in (("data", a.data), ("resolution", a.resolution), ("channels", a.channels), ("kimg", a.kimg),
                      ("epochs", a.epochs), ("batch_size", a.batch_size), ("precision", a.precision),
-                     ("device", a.device), ("seed", a.seed), ("threads", a.threads), ("n_data", a.n_data), ("fit", a.fit)):
-        if val is not None:
+                     ("device", a.device), ("seed", a.seed), ("threads", a.threads), ("n_data", a.n_data), ("fit", a.fit),
+                     ("keep", a.keep)):
+        if val is not None:  # ... and explicit flags beat the file
             tr[key] = val
     if a.epochs is not None:
         tr.pop("kimg", None)
     if a.kimg is not None:
-        tr.pop("epochs", None)  # the user's budget beats a preset's
+        tr.pop("epochs", None)  # the user's budget beats a preset's and the file's
     if a.directory is not None:
         if a.data is not None:
             raise UserError("give --data or --directory (another name for --data mnist:DIR), not both")
@@ -287,17 +359,39 @@ def cmd_train(a) -> int:
     apply_overrides(tr, model, METHODS[a.method].Config, a.sets)
     cfg = from_dict(TrainConfig, tr, "training config")
     stage("training" if not a.dry_run else "checking the config", announce=False)
-    res = train(cfg, model, a.out, force=a.force, dry_run=a.dry_run, progress=not a.no_progress, calibrate=True)
+    progress = not (a.no_progress or (fc is not None and fc.no_progress))
+    res = train(cfg, model, a.out, force=a.force, dry_run=a.dry_run, progress=progress, calibrate=True)
     if not a.dry_run and int(os.environ.get("RANK", "0")) == 0:
         print(f"trained {res['kimg']:.2f} kimg in {res['time_s']:.0f} s ({res['skipped']} skipped steps); "
-              f"run folder: {res['out']}")
+              f"run folder: {res['out']}{_checkpoint_sizes(Path(res['out']))}")
     return 0
+
+
+def _checkpoint_sizes(out: Path) -> str:
+    """' (snapshot 1.2 MB, state 3.5 MB, 3 numbered snapshots 3.6 MB)': what the run keeps on disk."""
+    from .training.checkpoint import history
+
+    def mb(n: float) -> str:
+        return f"{n / 1e6:.3g} MB" if n < 1e9 else f"{n / 1e9:.3g} GB"
+
+    parts = []
+    for name, what in (("snapshot.safetensors", "snapshot"), ("state.safetensors", "state")):
+        try:
+            parts.append(f"{what} {mb((out / name).stat().st_size)}")
+        except OSError:
+            pass
+    hist = history(out)
+    if hist:
+        parts.append(f"{len(hist)} numbered snapshot{'s' if len(hist) > 1 else ''} "
+                     f"{mb(sum(p.stat().st_size for p in hist))}")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 _FLAG_KEYS = {"data": "--data", "resolution": "--resolution", "channels": "--channels", "kimg": "--kimg",
               "epochs": "--epochs", "batch_size": "--batch-size", "precision": "--precision", "device": "--device",
               "seed": "--seed", "threads": "--threads", "n_data": "--n-data", "fit": "--fit", "lr": "--lr",
-              "gen_lr": "--gen_lr", "dis_lr": "--dis_lr", "init_from": "--init-from", "init_nets": "--init-nets"}
+              "gen_lr": "--gen_lr", "dis_lr": "--dis_lr", "init_from": "--init-from", "init_nets": "--init-nets",
+              "keep": "--keep"}
 
 
 def _refuse_flag_and_set(a) -> None:
@@ -361,27 +455,79 @@ MAX_OUT_BYTES = 2 << 30  # what one sample / encode command may hold in memory
 
 
 def cmd_sample(a) -> int:
-    from . import explore
-    from .viz.grid import make_grid, save_image
+    from .viz.grid import make_grid, resolve_scale, save_image
 
     _check_out(a.out, (".png", ".npz"))
+    n, nrow = _sample_shape(a)
     m = _load(a.run)
+    opts = _sample_options(m, a)
     cap = max(1, MAX_OUT_BYTES // (4 * m.info.numel))
     if a.out.endswith(".png") and m.info.kind == "image":
         cap = min(cap, 4096)  # a 64 x 64 grid
-    if a.n > cap:
-        raise UserError(f"--n {a.n} is more than one {Path(a.out).suffix} file of this model holds (at most {cap}); "
+    if n > cap:
+        raise UserError(f"--n {n} is more than one {Path(a.out).suffix} file of this model holds (at most {cap}); "
                         "write several files with different --seed values")
-    x = explore.samples(m, a.n, a.seed)
+    x = draw_samples(m, n, a.seed, a.temperature, **opts)
     if a.out.endswith(".npz"):
         _save_arrays(a.out, samples=x.numpy())
     else:
         if m.info.kind != "image":
-            _scatter(x.numpy(), a.out, f"{a.n} samples")
+            _scatter(x.numpy(), a.out, f"{n} samples")
         else:
-            save_image(make_grid(explore.to_uint8(m, x)), a.out)
+            grid = make_grid(m.from_model(x), nrow=nrow)
+            save_image(grid, a.out, upscale=resolve_scale(a.scale, grid))
     print(a.out)
     return 0
+
+
+def _sample_shape(a) -> tuple[int, int | None]:
+    """(how many samples, images per row) from --n, --grid RxC and --nrow."""
+    if a.grid is None:
+        return a.n or 64, a.nrow
+    if a.nrow is not None:
+        raise UserError("give --grid RxC or --nrow C, not both (--grid already sets the columns)")
+    rows, sep, cols = a.grid.lower().partition("x")
+    try:
+        r, c = int(rows), int(cols)
+    except ValueError:
+        r = c = 0
+    if not sep or r < 1 or c < 1:
+        raise UserError(f"--grid takes ROWSxCOLUMNS, e.g. 4x8; got {a.grid!r}")
+    if a.n is not None and a.n != r * c:
+        raise UserError(f"--grid {a.grid} holds {r * c} samples but --n is {a.n}; give one of them")
+    return r * c, c
+
+
+def _sample_options(m, a) -> dict:
+    """The decode options --truncation asks for, checked against what the method declares."""
+    if a.truncation is None:
+        return {}
+    if "psi" not in m.options:
+        known = ", ".join(m.options) or "none"
+        raise UserError(f"--truncation: {m.name} models have no truncation option (their decode options: {known}); "
+                        "it applies to alae and calae, leave it out for this model")
+    return {"psi": m.options["psi"].check(a.truncation)}
+
+
+def draw_samples(m, n: int, seed: int = 0, temperature: float = 1.0, **options):
+    """n samples in the model's range: ``Model.sample_tensor`` at temperature 1, else the prior draw
+    z (seeded as ``sample`` seeds it) times ``temperature``, mapped to w by F for ALAE-type models,
+    then decoded (with the decoder's fixed noise draw)."""
+    import torch
+
+    if temperature == 1.0:
+        return m.sample_tensor(n, seed, **options)
+    meth = m.method
+    if m.latent.name == "z":
+        codes = m.sample_latents(n, seed) * temperature  # the decoder takes the prior's z itself
+    elif hasattr(getattr(meth, "prior", None), "sample") and "F" in getattr(meth, "nets", {}):
+        g = torch.Generator().manual_seed(int(seed))
+        with torch.no_grad():
+            z = meth.prior.sample(int(n), g).to(m.device) * temperature
+            codes = meth.net("F")(z).float().cpu()
+    else:
+        raise UserError(f"--temperature: this {m.name} model does not decode from its prior draw; leave it at 1")
+    return m.decode_tensor(codes, **options)
 
 
 def _scatter(points, out, title):
@@ -401,7 +547,7 @@ def _scatter(points, out, title):
 
 def cmd_reconstruct(a) -> int:
     from . import explore
-    from .viz.grid import save_image
+    from .viz.grid import resolve_scale, save_image
 
     _check_out(a.out, (".png", ".npz"))
     m = _load(a.run)
@@ -413,7 +559,8 @@ def cmd_reconstruct(a) -> int:
     else:
         if m.info.kind != "image":
             raise UserError("reconstruct draws images; for point data use --out FILE.npz")
-        save_image(explore.recon_grid(m, b.x), a.out)
+        grid = explore.recon_grid(m, b.x)
+        save_image(grid, a.out, upscale=resolve_scale(a.scale, grid))
     print(a.out)
     return 0
 
@@ -429,9 +576,31 @@ def cmd_interpolate(a) -> int:
     b = explore.load_real(m, ds, 2 * a.pairs, a.seed)
     if b.x.shape[0] < 2 * a.pairs:
         raise UserError(f"--pairs {a.pairs} needs {2 * a.pairs} images; the data has {b.x.shape[0]}")
-    paths = explore.write_interpolation(m, b.x, a.out, a.pairs, a.steps)
+    paths = write_interpolation(m, b.x, a.out, a.pairs, a.steps, a.scale)
     print("\n".join(map(str, paths)))
     return 0
+
+
+def write_interpolation(m, x, out, pairs: int = 4, steps: int = 16, scale: int | None = None) -> list[Path]:
+    """The interpolation movie (GIF or MP4, ping-pong) and its PNG strip, enlarged ``scale`` times
+    (None: to a viewable width, ``viz.grid.viewable_scale``)."""
+    from . import explore
+    from .viz.grid import resolve_scale, save_gif, save_image
+
+    out = Path(out)
+    frames = explore.interpolation_frames(m, x, pairs, steps)
+    k = resolve_scale(scale, frames[0])
+    loop = frames + frames[-2:0:-1]  # ping-pong so the loop is smooth
+    if out.suffix.lower() == ".mp4":
+        from .viz.video import save_video
+
+        movie = save_video(loop, out, fps=1000 / 90, upscale=k)
+    else:
+        movie = out.with_suffix(".gif")
+        save_gif(loop, movie, duration_ms=90, upscale=k)
+    strip = out.with_suffix(".png")
+    save_image(explore.interpolation_strip(frames), strip, upscale=k)
+    return [movie, strip]
 
 
 def _need_encoder(m) -> None:
@@ -596,7 +765,7 @@ def cmd_demo(a) -> int:
     from .api import load
     from .training import Trainer
     from .training.runtime import format_duration
-    from .viz.grid import save_image
+    from .viz.grid import resolve_scale, save_image
 
     out = Path(a.out)
     name = "vae-demo"
@@ -631,10 +800,12 @@ def cmd_demo(a) -> int:
     m = load(out / "run")
     ds = open_dataset(tr["data"], resolution=m.info.resolution, channels=m.info.channels, n=tr.get("n_data"))
     _stage("writing pictures")
-    save_image(explore.sample_grid(m, 64, seed=1), out / "samples.png", upscale=2)
+    grid = explore.sample_grid(m, 64, seed=1)
+    save_image(grid, out / "samples.png", upscale=resolve_scale(a.scale, grid))
     real = explore.load_real(m, ds, 16, seed=3)
-    save_image(explore.recon_grid(m, real.x), out / "reconstructions.png", upscale=2)
-    explore.write_interpolation(m, explore.load_real(m, ds, 8, seed=5).x, out / "interpolation.gif")
+    grid = explore.recon_grid(m, real.x)
+    save_image(grid, out / "reconstructions.png", upscale=resolve_scale(a.scale, grid))
+    write_interpolation(m, explore.load_real(m, ds, 8, seed=5).x, out / "interpolation.gif", scale=a.scale)
     explore.latent_map(m, ds, out / "latents.png", n=600)
     print(f"\npictures in {out}/: samples.png reconstructions.png interpolation.gif interpolation.png latents.png")
     print(f"run folder (losses.png, progress.gif, stats.jsonl, snapshot): {out / 'run'}")

@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..config import from_dict
+from ..config import NetConfig, from_dict
 from ..data.base import DataInfo
 from ..registry import METHODS, load_all
 
@@ -167,6 +168,50 @@ def save_snapshot(method, path: str | os.PathLike, train_cfg: dict, extra: dict 
         })
     }
     _atomic_save(method.state_dict(), Path(path), meta)
+    keep = train_cfg.get("keep") if isinstance(train_cfg, dict) else None
+    kimg = (extra or {}).get("kimg")
+    if keep is not None and Path(path).name == SNAPSHOT_NAME and isinstance(kimg, (int, float)):
+        keep_history(Path(path), kimg, keep)
+
+
+SNAPSHOT_NAME = "snapshot.safetensors"
+HISTORY_DIR = "snapshots"  # numbered snapshots of a run kept with --keep
+
+
+def keep_history(snapshot: Path, kimg: float, keep: int) -> Path:
+    """Keep the snapshot just written as ``snapshots/snapshot-<images seen>.safetensors`` (a hard
+    link where the file system allows it, so it costs no second write: the next checkpoint replaces
+    snapshot.safetensors by a new file and the link keeps the old one), then delete all but the
+    ``keep`` newest numbered ones (0: keep every one). snapshot.safetensors (the latest) and
+    state.safetensors (what a resume needs) are never deleted."""
+    hist = snapshot.parent / HISTORY_DIR
+    hist.mkdir(exist_ok=True)
+    dest = hist / f"snapshot-{int(round(kimg * 1000)):09d}.safetensors"
+    tmp = hist / f".{dest.name}.tmp{os.getpid()}"
+    try:
+        try:
+            os.link(snapshot, tmp)
+        except OSError:  # no hard links here (some network or FAT file systems): a copy
+            shutil.copyfile(snapshot, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    for p in hist.iterdir():  # temporaries a killed writer left
+        if p.name.startswith(".snapshot-") and ".tmp" in p.name and p != tmp:
+            _unlink_quietly(p)
+    if keep > 0:
+        for old in history(snapshot.parent)[:-keep]:
+            _unlink_quietly(old)
+    return dest
+
+
+def history(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's numbered snapshots (``--keep``), oldest first."""
+    hist = Path(run_dir) / HISTORY_DIR
+    if not hist.is_dir():
+        return []
+    return sorted(p for p in hist.glob("snapshot-*.safetensors") if p.is_file())
 
 
 def _jsonable(dc) -> dict:
@@ -183,6 +228,8 @@ def build_method(name: str, model_cfg: dict, info: dict | DataInfo, where: str =
         raise CheckpointError(f"{where}: its model config is not an object")
     info = _check_info(where, info)
     cls = METHODS[name]
+    if issubclass(cls.Config, NetConfig):
+        model_cfg = cls.Config.upgrade_saved(model_cfg)
     try:
         cfg = from_dict(cls.Config, model_cfg, f"{name} config")
     except ValueError as e:  # ConfigError: an unknown key or a bad value in the file

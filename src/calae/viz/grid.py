@@ -11,6 +11,31 @@ import torch
 from PIL import Image
 
 
+VIEW_WIDTH = 512  # pictures the CLI writes are enlarged (nearest) to at least this width ...
+MAX_SCALE = 8  # ... by at most this factor ...
+MAX_SIDE = 4096  # ... and never past this many pixels on the longer side
+
+
+def viewable_scale(width: int, height: int | None = None, target: int = VIEW_WIDTH, cap: int = MAX_SCALE,
+                   max_side: int = MAX_SIDE) -> int:
+    """The smallest whole factor that makes a picture ``width`` px wide at least ``target`` px wide
+    (1 when it is already), at most ``cap``, and small enough that its longer side stays within
+    ``max_side`` (never below 1)."""
+    width = max(1, int(width))
+    s = min(cap, max(1, -(-target // width)))
+    longest = max(width, int(height or 0))
+    while s > 1 and longest * s > max_side:
+        s -= 1
+    return s
+
+
+def resolve_scale(scale: int | None, image: torch.Tensor) -> int:
+    """``--scale``: None picks ``viewable_scale`` for the [C, H, W] (or [N, C, H, W]) picture, an int is used."""
+    if scale is not None:
+        return int(scale)
+    return viewable_scale(image.shape[-1], image.shape[-2])
+
+
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, pad_value: int = 0) -> torch.Tensor:
     """uint8 [N, C, H, W] -> uint8 [C, rows*(H+pad)+pad, nrow*(W+pad)+pad]."""
     if images.dim() != 4:
