@@ -267,3 +267,18 @@ def test_keep_the_newest_numbered_snapshots(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "vae", "--out", str(tmp_path / "y"), "--keep", "0"])
     assert "--keep must be >= 1 (or all)" in capsys.readouterr().err
+
+
+# ---- .npz outputs say what they hold ------------------------------------------------------------------
+def test_npz_outputs_name_their_range_and_parameters(trained, tmp_path):  # noqa: F811
+    from calae.data.fractals import PARAM_NAMES
+
+    assert main(["sample", str(trained), "--n", "3", "--out", str(tmp_path / "s.npz")]) == 0
+    s = np.load(tmp_path / "s.npz")
+    assert str(s["value_range"]) in ("tanh", "unit") and s["samples"].shape == (3, 1, 16, 16)
+    out = tmp_path / "fr"
+    assert main(["train", "vae", "--data", "fractals", "--resolution", "16", "--n-data", "32", "--kimg", "0.016",
+                 "--batch-size", "16", "--out", str(out), *TINY]) == 0
+    assert main(["encode", str(out), "--n", "10", "--out", str(tmp_path / "c.npz")]) == 0
+    c = np.load(tmp_path / "c.npz")  # no pickle needed
+    assert c["params"].shape == (10, 40) and list(c["param_names"]) == list(PARAM_NAMES) and str(c["latent"]) == "z"

@@ -469,7 +469,7 @@ def cmd_sample(a) -> int:
                         "write several files with different --seed values")
     x = draw_samples(m, n, a.seed, a.temperature, **opts)
     if a.out.endswith(".npz"):
-        _save_arrays(a.out, samples=x.numpy())
+        _save_arrays(a.out, samples=x.numpy(), value_range=_range_note(m))
     else:
         if m.info.kind != "image":
             _scatter(x.numpy(), a.out, f"{n} samples")
@@ -530,6 +530,13 @@ def draw_samples(m, n: int, seed: int = 0, temperature: float = 1.0, **options):
     return m.decode_tensor(codes, **options)
 
 
+def _range_note(m):
+    """What the float arrays of a .npz hold: 'tanh' (images in [-1, 1]), 'unit' ([0, 1]) or 'points'."""
+    import numpy as np
+
+    return np.array(m.value_range if m.info.kind == "image" else "points")
+
+
 def _scatter(points, out, title):
     import matplotlib
 
@@ -555,7 +562,7 @@ def cmd_reconstruct(a) -> int:
     b = explore.load_real(m, ds, a.n, a.seed)
     if a.out.endswith(".npz"):
         _save_arrays(a.out, real=b.x.cpu().numpy(), reconstruction=explore.reconstructions(m, b.x).numpy(),
-                     labels=None if b.y is None else b.y.numpy())
+                     labels=None if b.y is None else b.y.numpy(), value_range=_range_note(m))
     else:
         if m.info.kind != "image":
             raise UserError("reconstruct draws images; for point data use --out FILE.npz")
@@ -611,6 +618,8 @@ def _need_encoder(m) -> None:
 
 
 def cmd_encode(a) -> int:
+    import numpy as np
+
     from . import explore
 
     if not a.out.endswith(".npz"):
@@ -621,8 +630,11 @@ def cmd_encode(a) -> int:
     _stage(f"encoding {a.n} items")
     b = explore.load_real(m, ds, a.n)
     codes = explore.encode(m, b.x)
+    names = getattr(ds, "param_names", None)
     _save_arrays(a.out, codes=codes.numpy(), labels=None if b.y is None else b.y.numpy(),
-                 params=None if b.params is None else b.params.numpy())
+                 params=None if b.params is None else b.params.numpy(),
+                 param_names=None if b.params is None or not names else np.array(list(names)[:b.params.shape[1]]),
+                 latent=np.array(m.latent.name))
     print(a.out)
     return 0
 
