@@ -282,3 +282,55 @@ def test_npz_outputs_name_their_range_and_parameters(trained, tmp_path):  # noqa
     assert main(["encode", str(out), "--n", "10", "--out", str(tmp_path / "c.npz")]) == 0
     c = np.load(tmp_path / "c.npz")  # no pickle needed
     assert c["params"].shape == (10, 40) and list(c["param_names"]) == list(PARAM_NAMES) and str(c["latent"]) == "z"
+
+
+# ---- 6. projection and the thumbnail map ----------------------------------------------------------------
+def test_project_lowers_the_pixel_error_and_writes_codes_and_picture(trained, tmp_path, capsys):  # noqa: F811
+    import calae.api as ca
+
+    m = ca.load(trained)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i, x in enumerate(m.sample(5, seed=7)):  # images the model can make, so a code exists for each
+        Image.fromarray(x[0].numpy()).resize((24, 24)).save(imgs / f"{i}.png")
+    out = tmp_path / "p.npz"
+    assert main(["project", str(trained), str(imgs), "--steps", "60", "--out", str(out)]) == 0
+    d = np.load(out)
+    assert d["codes"].shape == d["init_codes"].shape == (5, 4) and str(d["init"]) == "encoder"
+    assert d["mse"].mean() < 0.9 * d["mse_init"].mean()  # better than the encoder's code
+    np.testing.assert_allclose(d["init_codes"], m.encode(np.stack([load16(p) for p in sorted(imgs.iterdir())])),
+                               rtol=1e-4, atol=1e-5)
+    pic = Image.open(out.with_suffix(".png"))
+    assert pic.size == (8 * (3 * 18 + 2), 8 * (5 * 18 + 2))  # target, start, projection per row; x8 (the cap)
+    assert "pixel MSE" in capsys.readouterr().err
+    assert main(["project", str(trained), str(imgs / "0.png"), "--steps", "3", "--init", "mean",
+                 "--out", str(tmp_path / "one.npz")]) == 0
+    one = np.load(tmp_path / "one.npz")
+    assert one["codes"].shape == (1, 4) and np.allclose(one["init_codes"], m.sample_latents(1000, 0).mean(0), atol=1e-5)
+    capsys.readouterr()
+    _one_line_error(capsys, main(["project", str(trained), str(tmp_path / "nothing"), "--out", str(tmp_path / "x.npz")]),
+                    "no such image file or folder")
+    _one_line_error(capsys, main(["project", str(trained), str(imgs), "--out", str(tmp_path / "x.png")]), ".npz")
+
+
+def load16(path):
+    from calae.data.folder import load_image
+
+    return load_image(path, 16, 1)
+
+
+def test_latents_thumbnails(trained, tmp_path, capsys):  # noqa: F811
+    from calae.viz.latent_map import thumbnail_map
+
+    assert main(["latents", str(trained), "--n", "80", "--thumbnails", "--out", str(tmp_path / "t.png")]) == 0
+    pic = np.asarray(Image.open(tmp_path / "t.png").convert("L"))
+    assert pic.shape == (1024, 1024) and (pic < 250).mean() > 0.05  # images on a white canvas
+    assert "images drawn" in capsys.readouterr().err
+    # two far-apart points: both drawn where their positions say; a third on top of one is left out
+    ims = torch.stack([torch.zeros(1, 8, 8, dtype=torch.uint8), torch.full((1, 8, 8), 100, dtype=torch.uint8),
+                       torch.full((1, 8, 8), 200, dtype=torch.uint8)])
+    img, shown = thumbnail_map(np.array([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]), ims, size=100, thumb=10)
+    a = np.asarray(img.convert("L"))
+    assert shown == 2 and a[95, 5] == 0 and a[5, 95] == 100  # (0, 0) bottom left, (1, 1) top right
+    _one_line_error(capsys, main(["latents", str(trained), "--thumbnails", "--out", str(tmp_path / "t.npz")]),
+                    "--thumbnails")

@@ -193,7 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--color-by", default="auto", help="label, a parameter name (fractals), none, or auto")
     lt.add_argument("--over-prior", action="store_true",
                     help="the AAE paper's figure: codes over prior samples, coloured by label")
+    lt.add_argument("--thumbnails", action="store_true",
+                    help="draw the images themselves at their positions (a non-overlapping subset) instead of dots")
     lt.add_argument("--out", required=True, help="output .png (or .npz for the 2-D points)")
+
+    pj = sub.add_parser("project", help="find the codes that reproduce your images best, by optimisation")
+    pj.add_argument("run", help="run folder or snapshot .safetensors")
+    pj.add_argument("images", nargs="+", help="a folder of images (recursive) or image files")
+    pj.add_argument("--steps", type=_positive_int("--steps"), default=200, help="optimisation steps (default 200)")
+    pj.add_argument("--lr", type=_positive_float("--lr"), default=0.05, help="Adam learning rate (default 0.05)")
+    pj.add_argument("--init", choices=("auto", "encoder", "mean"), default="auto",
+                    help="start from the encoder's code of each image, or the mean code of the prior "
+                         "(default: the encoder where the model has one)")
+    pj.add_argument("--n", type=_positive_int("--n"), default=64, help="at most this many images (default 64)")
+    pj.add_argument("--fit", choices=("crop", "pad", "stretch"), default="crop",
+                    help="how non-square images become square (default crop)")
+    pj.add_argument("--scale", type=_positive_int("--scale"), metavar="N",
+                    help="enlarge the picture N times (default: to at least 512 px wide)")
+    pj.add_argument("--out", required=True, help="output .npz (codes); the picture target | start | projection "
+                    "is written beside it as .png")
 
     ev = sub.add_parser("eval", help="evaluate a trained model with offline metrics")
     ev.add_argument("run", help="run folder or snapshot .safetensors")
@@ -640,10 +658,16 @@ def cmd_encode(a) -> int:
 
 
 def cmd_latents(a) -> int:
+    import numpy as np
+
     from . import explore
 
     _check_out(a.out, (".png", ".npz"))
+    if a.thumbnails and (a.over_prior or not a.out.endswith(".png")):
+        raise UserError("--thumbnails draws a .png map of the images; give --out FILE.png and leave out --over-prior")
     m = _load(a.run)
+    if a.thumbnails and m.info.kind != "image":
+        raise UserError("--thumbnails needs an image model; this one was trained on points")
     ds = _data_for(m, a.data)
     if not a.over_prior:
         _need_encoder(m)
@@ -653,6 +677,21 @@ def cmd_latents(a) -> int:
         except ValueError as e:
             raise UserError(str(e)) from None
     _stage(f"encoding {a.n} items and projecting them ({a.projection})")
+    if a.thumbnails:
+        from .viz.latent_map import thumbnail_map
+        from .viz.grid import _atomic_save
+
+        b = explore.load_real(m, ds, a.n)
+        codes = explore.encode(m, b.x).numpy().astype(np.float64)
+        try:
+            xy = explore.project_2d(codes, a.projection)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        pic, shown = thumbnail_map(xy, m.from_model(b.x))
+        _atomic_save(lambda p: pic.save(p, format="PNG"), a.out)
+        print(f"calae latents: {shown} of {len(xy)} images drawn (the others would overlap)", file=sys.stderr)
+        print(a.out)
+        return 0
     if a.over_prior:
         from .viz.latents import latent_scatter
 
@@ -667,6 +706,58 @@ def cmd_latents(a) -> int:
         except ValueError as e:
             raise UserError(str(e)) from None
     print(a.out)
+    return 0
+
+
+def cmd_project(a) -> int:
+    import numpy as np
+    import torch
+
+    from .data.base import DataError
+    from .data.folder import load_image, scan_images
+    from .project import project, side_by_side
+    from .viz.grid import resolve_scale, save_image
+
+    _check_out(a.out, (".npz",))
+    m = _load(a.run)
+    if m.info.kind != "image":
+        raise UserError("project works on image models; this one was trained on points")
+    init = a.init if a.init != "auto" else ("encoder" if getattr(m.method, "has_encoder", True) else "mean")
+    if init == "encoder" and not getattr(m.method, "has_encoder", True):
+        raise UserError(f"{m.name} has no encoder: use --init mean")
+    files = []
+    for item in a.images:
+        p = Path(item)
+        if p.is_dir():
+            files += scan_images(p)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"{item}: no such image file or folder")
+    if not files:
+        raise UserError(f"no images found in {' '.join(a.images)} (jpg, png, webp, bmp)")
+    files = files[:a.n]
+    res, ch = m.info.resolution, m.info.channels
+    try:
+        x = torch.from_numpy(np.stack([load_image(f, res, ch, a.fit) for f in files]))
+    except DataError as e:
+        raise UserError(str(e)) from None
+    _stage(f"projecting {len(files)} images ({a.steps} steps)")
+
+    def report(step, mse):
+        print(f"calae project: step {step}/{a.steps}, pixel MSE {mse:.5g}", file=sys.stderr, flush=True)
+
+    r = project(m, m.to_model(x), steps=a.steps, lr=a.lr, init=init, report=report)
+    _save_arrays(a.out, codes=r.codes, init_codes=r.init_codes, mse=r.mse, mse_init=r.mse_init,
+                 files=np.array([str(f) for f in files]), init=np.array(init), latent=np.array(m.latent.name))
+    grid = side_by_side(x, r.init_images, r.images)
+    pic = Path(a.out).with_suffix(".png")
+    save_image(grid, pic, upscale=resolve_scale(a.scale, grid))
+    start = "the encoder's codes" if init == "encoder" else "the mean code"
+    print(f"calae project: pixel MSE {float(r.mse_init.mean()):.5g} from {start} -> {float(r.mse.mean()):.5g} "
+          f"after {a.steps} steps", file=sys.stderr)
+    print(a.out)
+    print(pic)
     return 0
 
 
@@ -920,7 +1011,7 @@ def cmd_bend(a) -> int:
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "reconstruct": cmd_reconstruct,
             "interpolate": cmd_interpolate, "encode": cmd_encode, "latents": cmd_latents, "eval": cmd_eval,
-            "list": cmd_list, "fractals": cmd_fractals, "demo": cmd_demo, "explore": cmd_explore,
+            "list": cmd_list, "project": cmd_project, "fractals": cmd_fractals, "demo": cmd_demo, "explore": cmd_explore,
             "bend": cmd_bend}
 
 
