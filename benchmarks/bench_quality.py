@@ -33,13 +33,16 @@ def preset_for(method: str, data: str) -> tuple[str | None, dict, dict]:
     return None, {}, {}
 
 
-def run_one(method: str, data: str, seconds: float, n_eval: int, seed: int = 0) -> dict:
-    from calae.config import TrainConfig, from_dict
+def run_one(method: str, data: str, seconds: float, n_eval: int, seed: int = 0, sets: tuple[str, ...] = ()) -> dict:
+    from calae.config import TrainConfig, from_dict, parse_value
     from calae.metrics import evaluate
     from calae.training import Trainer
 
     spec = DATA[data]
     pname, tr, model = preset_for(method, data)
+    for kv in sets:  # --set key=value on the preset's model config
+        k, _, v = kv.partition("=")
+        model[k] = parse_value(v)
     tr.update(method=method, data=spec["data"], resolution=spec["resolution"], kimg=10_000, seed=seed,
               sample_every_kimg=0, snapshot_every_kimg=0, log_every_kimg=1, n_data=20_000)
     tr.pop("epochs", None)
@@ -51,7 +54,7 @@ def run_one(method: str, data: str, seconds: float, n_eval: int, seed: int = 0) 
         t0 = time.perf_counter()
         scores = evaluate(trainer.method, trainer.dataset, spec["metrics"], n=n_eval, seed=seed)
         sched = getattr(trainer.method, "beta_neg_schedule", None)  # Soft-/AS-IntroVAE: KL(fake) - KL(real)
-        return {"method": method, "data": data, "preset": pname, "train_s": res["time_s"], "kimg": res["kimg"],
+        return {"method": method, "data": data, "preset": pname, "sets": list(sets), "train_s": res["time_s"], "kimg": res["kimg"],
                 "eval_s": time.perf_counter() - t0, "skipped": res["skipped"],
                 "kl_gap": None if sched is None else float(sched.gap_ema),
                 **scores, **{f"start:{k}": v for k, v in start.items()}}
@@ -73,7 +76,8 @@ def table(rows: list[dict], seconds: float) -> str:
                 continue
             cells = [f"{r.get('start:' + k, float('nan')):.4g} → {r.get(k, float('nan')):.4g}" for k in keys]
             gap = "" if r.get("kl_gap") is None else f"{r['kl_gap']:+.3g}"
-            out.append(f"| {r['method']} | {r['kimg']:.1f} | " + " | ".join(cells) + f" | {gap} |")
+            name = r["method"] + "".join(f" {kv}" for kv in r.get("sets", []))
+            out.append(f"| {name} | {r['kimg']:.1f} | " + " | ".join(cells) + f" | {gap} |")
     return "\n".join(out)
 
 
@@ -89,6 +93,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--data", default="fractals,digits")
     p.add_argument("--merge", action="store_true",
                    help="keep the other (method, data) rows of --out and replace only the ones run now")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model option of every run (repeatable), e.g. --set stem=full")
     a = p.parse_args(argv)
     seconds = a.seconds or (20 if a.quick else 90)
     n_eval = 500 if a.quick else 1000
@@ -102,8 +108,8 @@ def main(argv=None) -> list[dict]:
         rows = old["rows"]
     for data in a.data.split(","):
         for m in a.methods.split(","):
-            row = run_one(m, data, seconds, n_eval)
-            rows = [r for r in rows if (r["method"], r["data"]) != (m, data)] + [row]
+            row = run_one(m, data, seconds, n_eval, sets=tuple(a.set))
+            rows = [r for r in rows if (r["method"], r["data"], r.get("sets", [])) != (m, data, a.set)] + [row]
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     order = {d: i for i, d in enumerate(DATA)}
     rows.sort(key=lambda r: (order.get(r["data"], 99), r["method"]))

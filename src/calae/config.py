@@ -249,8 +249,14 @@ class NetConfig:
     # size; see calae.nets.conv), batch (the official Soft-IntroVAE's; train/eval differ at small
     # batches) or none.
     norm: str = "group"
+    # conv nets' first layer: auto (strided for one-channel images of at most 32 px, else full) |
+    # full (5x5 conv at full resolution) | strided (4x4 stride-2 conv in, 4x4 stride-2 transposed
+    # conv out: about a quarter of the FLOPs); see calae.nets.conv.resolve_stem. A run's
+    # config.json holds the resolved choice; one from before this option means "full".
+    stem: str = "auto"
 
     ARCHS: ClassVar[tuple[str, ...]] = ("auto", "conv", "mlp", "style")
+    STEMS: ClassVar[tuple[str, ...]] = ("auto", "full", "strided")
     ACTS: ClassVar[tuple[str, ...]] = ("lrelu", "relu")
     UNUSED: ClassVar[tuple[str, ...]] = ()
 
@@ -268,6 +274,7 @@ class NetConfig:
               f"depth must be an integer; got {self.depth!r}")
         check_range("depth", self.depth, 0, 64)
         check_choice("act", self.act, self.ACTS)
+        check_choice("stem", self.stem, self.STEMS)
         check_range("base_channels", self.base_channels, 1, 4096)
         check_range("max_channels", self.max_channels, 1, 4096)
         try:
@@ -279,6 +286,22 @@ class NetConfig:
             default = next(f.default for f in fields(NetConfig) if f.name == k)
             check(getattr(self, k) == default, f"{k} does not apply to the networks of {name}; "
                   f"leave it at {default!r} (got {getattr(self, k)!r})")
+
+    @classmethod
+    def upgrade_saved(cls, model: dict) -> dict:
+        """A model config saved before ``stem`` existed (it holds every other network field)
+        built its conv nets with the full-resolution stem: say so, so it rebuilds the same nets."""
+        if (isinstance(model, dict) and "stem" not in model and "base_channels" in model and "norm" in model
+                and "stem" not in cls.UNUSED):
+            return {**model, "stem": "full"}
+        return model
+
+    def resolve_stem(self, info) -> None:
+        """Replace ``stem=auto`` by the choice for this data (what config.json records)."""
+        from .nets.conv import resolve_stem
+
+        if self.stem == "auto" and "stem" not in self.UNUSED and getattr(info, "kind", "image") == "image":
+            self.stem = resolve_stem("auto", info.channels, info.resolution)
 
     def net_config(self) -> "NetConfig":
         """The network part of this config as a plain NetConfig (equal iff the networks' options are)."""

@@ -103,7 +103,7 @@ class ALAEConfig(NetConfig, MethodConfig):
     # network options (arch, hidden, depth, base_channels, max_channels) from NetConfig; arch auto:
     # mlp for points and <= 28 px one-channel images, else style
     ARCHS = ("auto", "mlp", "style")
-    UNUSED = ("act", "norm")  # the MLP's slopes are e_slope / g_slope below; style nets use AdaIN
+    UNUSED = ("act", "norm", "stem")  # the MLP's slopes are e_slope / g_slope below; style nets use AdaIN
     value_range: str = "auto"  # auto: unit for mlp, tanh for style | unit | tanh
     # mlp (official MNIST)
     hidden: int = 1024

@@ -14,6 +14,7 @@ from ..config import MethodConfig, NetConfig, add_preset, add_tiny, check, check
 from ..data.base import Batch, DataInfo
 from ..losses import kl_normal, recon_loss, reparameterize
 from ..nets import MLP, ConvDecoder, ConvEncoder
+from ..nets.conv import resolve_stem
 from ..registry import METHODS, register
 from .base import Method, OptimizerSpec, Phase, StepContext
 
@@ -63,8 +64,9 @@ def build_encoder_decoder(net: NetConfig, info: DataInfo, enc_out: int, dec_in: 
     if arch == "conv":
         if info.kind != "image":
             raise ValueError("arch=conv needs image data; use arch=mlp for points")
-        E = ConvEncoder(info.channels, info.resolution, enc_out, net.base_channels, net.max_channels, net.norm)
-        G = ConvDecoder(info.channels, info.resolution, dec_in, net.base_channels, net.max_channels, net.norm)
+        stem = resolve_stem(net.stem, info.channels, info.resolution)
+        E = ConvEncoder(info.channels, info.resolution, enc_out, net.base_channels, net.max_channels, net.norm, stem)
+        G = ConvDecoder(info.channels, info.resolution, dec_in, net.base_channels, net.max_channels, net.norm, stem)
     else:
         E = MLP(info.numel, enc_out, net.hidden, net.depth, net.act)
         G = _Unflatten(MLP(dec_in, info.numel, net.hidden, net.depth, net.act), info.shape)

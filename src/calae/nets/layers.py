@@ -55,6 +55,11 @@ def downsample2x(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 2)
 
 
+def _scaled(t: torch.Tensor | None, k: float) -> torch.Tensor | None:
+    """k·t, without the copy when k is 1."""
+    return t if t is None or k == 1.0 else t * k
+
+
 class EqLinear(nn.Module):
     """Linear layer with runtime He scaling: y = x (c·v)ᵀ + lrmul·b, v ~ N(0, 1/lrmul²).
 
@@ -75,9 +80,13 @@ class EqLinear(nn.Module):
         return self.weight * self.coef
 
     def effective_bias(self) -> torch.Tensor | None:
-        return None if self.bias is None else self.bias * self.lrmul
+        return _scaled(self.bias, self.lrmul)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x (c·v)ᵀ = (c·x) vᵀ: scale whichever is smaller (a batch of 128 against a 1024x1024
+        # layer: 8x fewer multiplies, forward and backward)
+        if x.numel() < self.weight.numel():
+            return F.linear(x * self.coef, self.weight, self.effective_bias())
         return F.linear(x, self.effective_weight(), self.effective_bias())
 
     def extra_repr(self) -> str:
@@ -102,7 +111,9 @@ class EqConv2d(nn.Module):
         return self.weight * self.coef
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = None if self.bias is None else self.bias * self.lrmul
+        b = _scaled(self.bias, self.lrmul)
+        if x.numel() < self.weight.numel():  # zero padding commutes with the scale, as in EqLinear
+            return F.conv2d(x * self.coef, self.weight, b, stride=self.stride, padding=self.padding)
         return F.conv2d(x, self.effective_weight(), b, stride=self.stride, padding=self.padding)
 
     def extra_repr(self) -> str:

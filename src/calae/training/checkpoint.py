@@ -298,6 +298,19 @@ def save_state(path: str | os.PathLike, method, optimizers: dict, counters: dict
     _atomic_save(tensors, Path(path), meta)
 
 
+def _match_param_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each loaded moment its parameter's memory layout. The file stores them contiguous,
+    the parameters of conv nets are channels_last, and fused Adam walks parameter, gradient and
+    moments as one flat array: mixed layouts would pair the wrong elements (no error, a scrambled
+    step)."""
+    for g in opt.param_groups:
+        for p in g["params"]:
+            st = opt.state.get(p)
+            for k, v in (st or {}).items():
+                if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def load_state(path: str | os.PathLike, method, optimizers: dict, rank: int | None = None) -> dict:
     """Restore a training state; each data-parallel rank (``rank``, default this process's) takes
     its own RNG state back when the file has one per rank."""
@@ -321,6 +334,7 @@ def load_state(path: str | os.PathLike, method, optimizers: dict, rank: int | No
                     pid, key = k[len(prefix):].split(".", 1)
                     state.setdefault(int(pid), {})[key] = v
             opt.load_state_dict({"state": state, "param_groups": opt_meta[name]})
+            _match_param_layouts(opt)
         rank = world()[0] if rank is None else rank
         if f"rng.rank{rank}" in tensors:
             set_rng_state(tensors[f"rng.rank{rank}"])
