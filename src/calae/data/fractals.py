@@ -92,7 +92,7 @@ _LOG2_BAIL = 16.0
 _KALI_EPS = 1e-6  # |z|^2 floor in the Kali inversion (keeps alternating maps finite)
 _CLAMP = 1e7  # escaped orbits are clamped to |x|, |y| <= 1e7 so that z^5 stays finite
 _ATTEMPT_ROUNDS = (1, 1, 1, 2, 3, 8)  # re-draws per round for the images still dull; the last is kept
-_MAX_ELEMS = 1 << 16  # pixels per iteration chunk (the working buffers stay in the L2 cache)
+_MAX_ELEMS = 1 << 17  # pixels per iteration chunk (measured: per-op overhead outweighs L2 misses below this)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -821,13 +821,14 @@ def _palette(T: torch.Tensor, S: torch.Tensor | None, P: np.ndarray) -> torch.Te
     return out.clamp_(0.0, 1.0)
 
 
-def _chunks(P: np.ndarray, res: int) -> list[tuple[tuple, np.ndarray]]:
+def _chunks(P: np.ndarray, res: int, workers: int = 1) -> list[tuple[tuple, np.ndarray]]:
     """Rows grouped by loop structure, sorted by decreasing iterations, cut to cache-sized chunks.
 
-    Returned largest estimated work first (for load balancing over worker threads).
+    Returned largest estimated work first (for load balancing over worker threads). 
     """
     keys = _group_keys(P)
     per = max(1, _MAX_ELEMS // (res * res))
+
     groups: dict = {}
     for i, k in enumerate(keys):
         groups.setdefault(k, []).append(i)
@@ -884,7 +885,7 @@ def _render_batch(P: np.ndarray, resolution: int, channels: int, supersample: in
     Rs = R * ss
     x = torch.empty(N, channels, R, R, dtype=torch.uint8, device=device)
     dull = np.zeros(N, dtype=bool) if test else None
-    chunks = _chunks(P, Rs)
+    chunks = _chunks(P, Rs, workers)
 
     def work(item):
         key, rows = item
@@ -908,8 +909,12 @@ def _render_batch(P: np.ndarray, resolution: int, channels: int, supersample: in
         return rows, out, flags
 
     results = _pool(workers).map(work, chunks) if workers > 1 and len(chunks) > 1 else map(work, chunks)
+    xn = x.numpy() if x.device.type == "cpu" else None  # uint8 index_copy_ is slow on CPU
     for rows, out, flags in results:
-        x.index_copy_(0, torch.as_tensor(rows, device=device), out)
+        if xn is not None:
+            xn[rows] = out.numpy()
+        else:
+            x.index_copy_(0, torch.as_tensor(rows, device=device), out)
         if test:
             dull[rows] = flags
     return x, dull
@@ -1015,7 +1020,10 @@ def render_indices(seed: int, indices, resolution: int = 64, channels: int = 3, 
             pick = np.where(ok.any(1), ok.argmax(1), width - 1)
             sel = np.nonzero(good)[0]
             src = sel * width + pick[sel]
-            x.index_copy_(0, torch.as_tensor(pending[sel], device=device), img[torch.as_tensor(src, device=device)])
+            if device.type == "cpu":
+                x.numpy()[pending[sel]] = img.numpy()[src]
+            else:
+                x.index_copy_(0, torch.as_tensor(pending[sel], device=device), img[torch.as_tensor(src, device=device)])
             Pout[pending[sel]] = P[src]
             pending = pending[~good]
             a0 += width
