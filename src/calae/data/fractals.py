@@ -821,10 +821,10 @@ def _palette(T: torch.Tensor, S: torch.Tensor | None, P: np.ndarray) -> torch.Te
     return out.clamp_(0.0, 1.0)
 
 
-def _chunks(P: np.ndarray, res: int, workers: int = 1) -> list[tuple[tuple, np.ndarray]]:
+def _chunks(P: np.ndarray, res: int) -> list[tuple[tuple, np.ndarray]]:
     """Rows grouped by loop structure, sorted by decreasing iterations, cut to cache-sized chunks.
 
-    Returned largest estimated work first (for load balancing over worker threads). 
+    Returned largest estimated work first (for load balancing over worker threads).
     """
     keys = _group_keys(P)
     per = max(1, _MAX_ELEMS // (res * res))
@@ -885,7 +885,7 @@ def _render_batch(P: np.ndarray, resolution: int, channels: int, supersample: in
     Rs = R * ss
     x = torch.empty(N, channels, R, R, dtype=torch.uint8, device=device)
     dull = np.zeros(N, dtype=bool) if test else None
-    chunks = _chunks(P, Rs, workers)
+    chunks = _chunks(P, Rs)
 
     def work(item):
         key, rows = item
