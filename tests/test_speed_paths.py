@@ -110,14 +110,12 @@ def test_a_run_from_before_the_stem_option_loads_and_resumes_with_its_full_stem(
     out = tmp_path / "old"
     tr = _trainer(out, {**tiny_model_cfg("vae"), "stem": "full"}, kimg=0.032)
     tr.run()
-    for name in ("config.json",):
-        d = json.loads((out / name).read_text())
-        del d["model"]["stem"]
-        (out / name).write_text(json.dumps(d))
+    d = json.loads((out / "config.json").read_text())
+    del d["model"]["stem"]
+    (out / "config.json").write_text(json.dumps(d))
     # the snapshot's own metadata, as an old snapshot wrote it
-    from calae.training.checkpoint import _json_meta, _read  # noqa: F401 (read path used by load_snapshot)
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     snap = out / "snapshot.safetensors"
     with safe_open(str(snap), "pt") as f:
