@@ -90,8 +90,28 @@ def test_stem_auto_is_strided_for_small_gray_images_only():
     full = sum(p.numel() for p in ConvEncoder(1, 28, 10, 32, 256, "group", "full").parameters())
     strided = sum(p.numel() for p in ConvEncoder(1, 28, 10, 32, 256, "group", "strided").parameters())
     assert strided < full / 2  # one level fewer
-    with pytest.raises(ValueError, match="even image size"):
+    with pytest.raises(ValueError, match="divisible by 2; got 27 px"):
         ConvEncoder(1, 27, 10, stem="strided")
+
+
+def test_stem_strided4_halves_twice_before_the_levels():
+    """strided4 (the CPU preset for 256 px): two 4x4 stride-2 convs in, two transposed convs out;
+    the residual levels start at R/4, so the nets are one level shorter than strided's."""
+    x = torch.randn(2, 3, 32, 32)
+    E, G = ConvEncoder(3, 32, 10, 16, 64, "group", "strided4"), ConvDecoder(3, 32, 6, 16, 64, "group", "strided4")
+    assert E(x).shape == (2, 10) and G(torch.randn(2, 6)).shape == (2, 3, 32, 32)
+    convs = [m for m in E.stem if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2), (2, 2)] and convs[0].out_channels == 8
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in G.out) == 2
+    E2 = ConvEncoder(3, 32, 10, 16, 64, "group", "strided")
+    assert len(E.blocks) < len(E2.blocks)  # one level fewer
+    x.requires_grad_(True)
+    E(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="divisible by 4; got 30 px"):
+        ConvDecoder(3, 30, 6, stem="strided4")
+    with pytest.raises(ValueError, match="stem must be one of full, strided, strided4"):
+        ConvEncoder(3, 32, 6, stem="strided8")
 
 
 def test_config_json_records_the_resolved_stem(tmp_path):

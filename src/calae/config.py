@@ -251,12 +251,13 @@ class NetConfig:
     norm: str = "group"
     # conv nets' first layer: auto (strided for one-channel images of at most 32 px, else full) |
     # full (5x5 conv at full resolution) | strided (4x4 stride-2 conv in, 4x4 stride-2 transposed
-    # conv out: about a quarter of the FLOPs); see calae.nets.conv.resolve_stem. A run's
+    # conv out: about a quarter of the FLOPs) | strided4 (two of each: the levels start at R/4; for
+    # 256 px on a CPU); see calae.nets.conv.resolve_stem. A run's
     # config.json holds the resolved choice; one from before this option means "full".
     stem: str = "auto"
 
     ARCHS: ClassVar[tuple[str, ...]] = ("auto", "conv", "mlp", "style")
-    STEMS: ClassVar[tuple[str, ...]] = ("auto", "full", "strided")
+    STEMS: ClassVar[tuple[str, ...]] = ("auto", "full", "strided", "strided4")
     ACTS: ClassVar[tuple[str, ...]] = ("lrelu", "relu")
     UNUSED: ClassVar[tuple[str, ...]] = ()
 

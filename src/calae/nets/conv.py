@@ -68,7 +68,23 @@ class ResBlock(nn.Module):
         return self.act(h + self.skip(x))
 
 
-STEMS = ("full", "strided")
+STEMS = ("full", "strided", "strided4")
+#: how many times each stem halves the image before the residual levels
+STEM_HALVINGS = {"full": 0, "strided": 1, "strided4": 2}
+
+
+def _check_stem(stem: str, resolution: int) -> int:
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {', '.join(STEMS)}; got {stem!r}")
+    k = STEM_HALVINGS[stem]
+    if resolution % (2 ** k):
+        raise ValueError(f"stem={stem} needs an image size divisible by {2 ** k}; got {resolution} px")
+    return k
+
+
+def _stem_mid(c0: int) -> int:
+    """Channels between the two stride-2 convs of ``strided4`` (at R/2)."""
+    return max(c0 // 2, 8)
 
 
 def resolve_stem(stem: str, channels: int, resolution: int) -> str:
@@ -85,20 +101,24 @@ class ConvEncoder(nn.Module):
 
     ``stem``: ``full`` (a 5x5 conv at full resolution, then the residual levels from R) or
     ``strided`` (a 4x4 stride-2 conv to R/2, the levels from there: about a quarter of the
-    FLOPs; the decoder ends in the matching 4x4 stride-2 transposed conv).
+    FLOPs; the decoder ends in the matching 4x4 stride-2 transposed conv) or ``strided4`` (two
+    such convs to R/4, for 256 px on a CPU; the decoder ends in two transposed convs).
     """
 
     def __init__(self, channels: int, resolution: int, out_dim: int, base: int = 32, max_ch: int = 256,
                  norm: bool | str = "none", stem: str = "full"):
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {', '.join(STEMS)}; got {stem!r}")
-        if stem == "strided" and resolution % 2:
-            raise ValueError(f"stem=strided needs an even image size; got {resolution} px")
-        chans, size = plan_levels(resolution // 2 if stem == "strided" else resolution, base, max_ch)
-        first = (nn.Conv2d(channels, chans[0], 4, stride=2, padding=1) if stem == "strided"
-                 else nn.Conv2d(channels, chans[0], 5, padding=2))
-        self.stem = nn.Sequential(first, nn.LeakyReLU(0.2))
+        k = _check_stem(stem, resolution)
+        chans, size = plan_levels(resolution >> k, base, max_ch)
+        if k == 0:
+            layers = [nn.Conv2d(channels, chans[0], 5, padding=2), nn.LeakyReLU(0.2)]
+        elif k == 1:
+            layers = [nn.Conv2d(channels, chans[0], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        else:
+            mid = _stem_mid(chans[0])
+            layers = [nn.Conv2d(channels, mid, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+                      nn.Conv2d(mid, chans[0], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        self.stem = nn.Sequential(*layers)
         blocks = []
         for cin, cout in zip(chans[:-1], chans[1:]):
             blocks += [ResBlock(cin, cout, norm), nn.AvgPool2d(2)]
@@ -127,19 +147,22 @@ class ConvDecoder(nn.Module):
     def __init__(self, channels: int, resolution: int, z_dim: int, base: int = 32, max_ch: int = 256,
                  norm: bool | str = "none", stem: str = "full"):
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {', '.join(STEMS)}; got {stem!r}")
-        if stem == "strided" and resolution % 2:
-            raise ValueError(f"stem=strided needs an even image size; got {resolution} px")
-        chans, size = plan_levels(resolution // 2 if stem == "strided" else resolution, base, max_ch)
+        k = _check_stem(stem, resolution)
+        chans, size = plan_levels(resolution >> k, base, max_ch)
         self.size, self.c0 = size, chans[-1]
         self.fc = nn.Sequential(nn.Linear(z_dim, chans[-1] * size * size), nn.LeakyReLU(0.2))
         blocks = [ResBlock(chans[-1], chans[-1], norm)]
         for cin, cout in zip(chans[::-1][:-1], chans[::-1][1:]):
             blocks += [nn.Upsample(scale_factor=2, mode="nearest"), ResBlock(cin, cout, norm)]
         self.blocks = nn.Sequential(*blocks)
-        self.out = (nn.ConvTranspose2d(chans[0], channels, 4, stride=2, padding=1) if stem == "strided"
-                    else nn.Conv2d(chans[0], channels, 5, padding=2))
+        if k == 0:
+            self.out = nn.Conv2d(chans[0], channels, 5, padding=2)
+        elif k == 1:
+            self.out = nn.ConvTranspose2d(chans[0], channels, 4, stride=2, padding=1)
+        else:
+            mid = _stem_mid(chans[0])
+            self.out = nn.Sequential(nn.ConvTranspose2d(chans[0], mid, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+                                     nn.ConvTranspose2d(mid, channels, 4, stride=2, padding=1))
 
     def forward(self, z):
         h = self.fc(z).view(z.shape[0], self.c0, self.size, self.size)  # [N, C_last, s, s]
