@@ -218,7 +218,10 @@ def test_export_writes_pngs_params_and_preview(tmp_path):
     assert len(lines) == 5
     rows = [json.loads(line) for line in lines]
     assert [r["index"] for r in rows] == list(range(5)) and all(r["family"] in F._FAMILY_NAMES for r in rows)
-    assert (out / "preview.png").exists()
+    assert (out / ".preview.png").exists()
+    # the preview is hidden from image folders: training on the export sees exactly its n images
+    from calae.data.folder import scan_images
+    assert len(scan_images(out)) == 5
     expected = ds("any", n=5, resolution=16, seed=3).get([3]).x[0].permute(1, 2, 0).numpy()
     assert np.array_equal(img3, expected)
 

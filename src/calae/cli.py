@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     f.add_argument("--family", default="any", help="any, kali, julia, mandelbrot or mix (default any)")
     f.add_argument("--supersample", type=_positive_int("--supersample"), default=1, help="k x k samples per pixel")
-    f.add_argument("--out", help="output folder (PNGs, params.jsonl, preview.png)")
+    f.add_argument("--out", help="output folder (PNGs, params.jsonl, and .preview.png: a grid of the first 64, "
+                   "hidden so that training on the folder counts only the images)")
     f.add_argument("--video", metavar="OUT.mp4", help="write a video of one image with --sweep parameters moving "
                    "(.mp4 .webm .mkv .mov; needs calae[video]); OUT.json beside it records how to reproduce it")
     f.add_argument("--sweep", action="append", default=[], metavar="PARAM=A:B",
@@ -819,7 +820,7 @@ def cmd_list(a) -> int:
 
 
 def cmd_fractals(a) -> int:
-    from .data.fractals import FAMILIES, export
+    from .data.fractals import FAMILIES, PREVIEW_NAME, export
 
     if a.family not in FAMILIES:
         raise UserError(f"--family must be one of {', '.join(FAMILIES)}; got {a.family!r}")
@@ -830,7 +831,7 @@ def cmd_fractals(a) -> int:
     _stage(f"rendering {a.n} fractals at {a.resolution} px")
     out = export(a.out, a.n, resolution=a.resolution, seed=a.seed, family=a.family, channels=a.channels,
                  supersample=a.supersample)
-    print(f"wrote {a.n} images, params.jsonl and preview.png to {out}")
+    print(f"wrote {a.n} images and params.jsonl to {out}; preview grid: {out / PREVIEW_NAME}")
     return 0
 
 

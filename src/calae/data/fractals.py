@@ -1227,10 +1227,16 @@ class FractalDataset(Dataset):
 # ----------------------------------------------------------------------------------------------
 # Export to a folder of PNGs
 # ----------------------------------------------------------------------------------------------
+#: the grid ``export`` writes next to the images (a hidden name: image folders skip it)
+PREVIEW_NAME = ".preview.png"
+
+
 def export(out: str | os.PathLike, n: int, resolution: int = 64, seed: int = 0, family: str = "any",
            channels: int = 3, supersample: int = 1, progress: bool = True, batch_size: int = 256,
            device: str | torch.device = "cpu") -> Path:
-    """Write ``out/000000.png ...``, ``out/params.jsonl`` (one object per image) and ``out/preview.png``.
+    """Write ``out/000000.png ...``, ``out/params.jsonl`` (one object per image) and ``out/.preview.png``
+    (a grid of the first 64; hidden, so that training on ``out`` as an image folder sees only the n
+    images).
 
     Renders in batches of ``batch_size`` with a tqdm progress bar when ``progress``.  Returns ``out``.
     """
@@ -1260,5 +1266,5 @@ def export(out: str | os.PathLike, n: int, resolution: int = 64, seed: int = 0, 
             if len(preview) < 64:
                 preview.extend(batch.x[: 64 - len(preview)])
             bar.update(stop - start)
-    save_image(torch.stack(preview), out / "preview.png", upscale=max(1, 128 // int(resolution)) if resolution < 64 else 1)
+    save_image(torch.stack(preview), out / PREVIEW_NAME, upscale=max(1, 128 // int(resolution)) if resolution < 64 else 1)
     return out
