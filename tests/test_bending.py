@@ -179,11 +179,23 @@ def test_bend_cli_writes_pictures_and_gifs(runs, tmp_path, cli_env):
               "--transform", "flip-h", "--config", str(cfg), "--n", "4", "--compare", "--out", str(tmp_path / "b.png"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "b.png").stat().st_size > 0
+    from PIL import Image
+
+    from calae.viz.grid import viewable_scale
+
+    # pictures are enlarged to a viewable width by default, --scale N sets the factor
+    sizes = {}
+    for k in (1, 3):
+        r = calae("--layer", "blocks.0", "--transform", "flip-v", "--n", "4", "--compare", "--scale", str(k),
+                  "--out", str(tmp_path / f"s{k}.png"))
+        assert r.returncode == 0, r.stderr
+        sizes[k] = Image.open(tmp_path / f"s{k}.png").size
+    assert sizes[3] == (3 * sizes[1][0], 3 * sizes[1][1])
+    assert Image.open(tmp_path / "b.png").size == tuple(v * viewable_scale(*sizes[1]) for v in sizes[1])
+    assert viewable_scale(*sizes[1]) > 1
     r = calae("--layer", "blocks.0", "--transform", "rotate", "--animate", "angle=0:180", "--frames", "3", "--n", "2",
               "--out", str(tmp_path / "b.gif"))
     assert r.returncode == 0, r.stderr
-    from PIL import Image
-
     assert Image.open(tmp_path / "b.gif").n_frames == 3
     r = calae("--layer", "nope", "--transform", "ablate", "--out", str(tmp_path / "x.png"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "its layers: blocks.0" in r.stderr

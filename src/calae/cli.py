@@ -298,6 +298,9 @@ def _explore_parsers(sub) -> None:
                    help="a GIF (or MP4, with --out .mp4) sweeping one parameter of the last transform that has it, "
                         "e.g. angle=0:360")
     b.add_argument("--frames", type=_positive_int("--frames"), default=24, help="GIF frames for --animate (default 24)")
+    b.add_argument("--scale", type=_positive_int("--scale"), metavar="N",
+                   help="enlarge pictures N times (nearest neighbour; 1: native size); default: the smallest factor "
+                   "that makes them at least 512 px wide (at most 8)")
     b.add_argument("--list-layers", action="store_true", help="print the decoder's layers and their shapes, then exit")
     b.add_argument("--out", help="output .png (.gif with --animate)")
 
@@ -945,7 +948,7 @@ def cmd_bend(a) -> int:
     import torch
 
     from . import bending
-    from .viz.grid import make_grid, save_gif, save_image
+    from .viz.grid import make_grid, resolve_scale, save_gif, save_image
 
     m = _load(a.run)
     if a.list_layers:
@@ -1001,11 +1004,12 @@ def cmd_bend(a) -> int:
         if a.out.endswith(".mp4"):
             from .viz.video import save_video
 
-            save_video(frames, a.out, fps=12.5, upscale=max(1, 256 // max(frames[0].shape[-2:])))
+            save_video(frames, a.out, fps=12.5, upscale=resolve_scale(a.scale, frames[0]))
         else:
-            save_gif(frames, a.out, duration_ms=80, upscale=max(1, 256 // max(frames[0].shape[-2:])))
+            save_gif(frames, a.out, duration_ms=80, upscale=resolve_scale(a.scale, frames[0]))
     else:
-        save_image(picture(bends), a.out, upscale=max(1, 128 // m.info.resolution))
+        grid = picture(bends)
+        save_image(grid, a.out, upscale=resolve_scale(a.scale, grid))
     print(a.out)
     return 0
 
