@@ -980,10 +980,12 @@ def cmd_bend(a) -> int:
     codes = m.sample_latents(a.n, a.seed)
     nrow = min(a.n, 8)
 
+    plain = m.decode(codes, **opts) if a.compare else None  # the unbent row, decoded once for every frame
+
     def picture(bs):
         with m.bend(*bs):
             bent = m.decode(codes, **opts)
-        return make_grid(torch.cat([m.decode(codes, **opts), bent]) if a.compare else bent, nrow=nrow)
+        return make_grid(torch.cat([plain, bent]) if a.compare else bent, nrow=nrow)
 
     if a.animate:
         if not a.out.endswith((".gif", ".mp4")):

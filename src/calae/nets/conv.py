@@ -68,9 +68,9 @@ class ResBlock(nn.Module):
         return self.act(h + self.skip(x))
 
 
-STEMS = ("full", "strided", "strided4")
-#: how many times each stem halves the image before the residual levels
+#: the stems, and how many times each halves the image before the residual levels
 STEM_HALVINGS = {"full": 0, "strided": 1, "strided4": 2}
+STEMS = tuple(STEM_HALVINGS)
 
 
 def _check_stem(stem: str, resolution: int) -> int:
