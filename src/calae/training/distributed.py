@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -34,8 +35,19 @@ def setup(device_type: str) -> tuple[int, int, int]:
 
 
 def cleanup() -> None:
+    """Leave the process group so that the process can exit cleanly.
+
+    Each gloo collective is finished when ``wait`` returns, but the gloo worker thread drops its
+    references to the work's tensors just after, and that drop takes the GIL (torch's tensors hold
+    their Python objects). If the main thread reaches interpreter shutdown first, the worker is
+    made to exit while it waits for the GIL, inside a destructor, and the process aborts with
+    "terminate called without an active exception" (gdb on a core of the 2-process test, about 1
+    run in 12). Sleeping a moment hands the GIL to those threads; no collective is involved, so a
+    rank that failed cannot hang here waiting for the others."""
     if dist.is_available() and dist.is_initialized():
+        time.sleep(0.1)
         dist.destroy_process_group()
+        time.sleep(0.1)
 
 
 def broadcast_module(module: torch.nn.Module) -> None:
