@@ -1,13 +1,15 @@
-"""Which autocast precision a run uses, and why (one line for the log).
+"""Which autocast precision a run uses when it is not measured, and why (one line for the log).
 
-``--precision auto`` picks bf16 only where it is known to be faster than fp32:
+``--precision auto`` normally times fp32 and bf16 on the run's own network (``calae.training.runtime``)
+and keeps the faster. This module is the rule used without a measurement (``CALAE_CALIBRATE=0``, or
+a step too slow to compare): bf16 only where it is known to be faster than fp32:
 - CUDA devices that support bf16 (tensor cores);
 - CPUs with AMX tiles (Sapphire Rapids and later): bf16 matmuls and convolutions run on the tile
   units, several times fp32.
-AVX-512 BF16 alone is not enough: it only adds bf16 dot-product instructions to the vector units,
-and whole runs were slower than fp32 there (an AMD EPYC with AVX-512 BF16 and no AMX, 64 px VAE:
-348-370 s in bf16 against 311-335 s in fp32, issue 12 §4), so auto stays in fp32 on such CPUs.
-``--precision bf16`` still forces it.
+AVX-512 BF16 alone is no guarantee either way: on one AMD EPYC with it and no AMX, a 64 px VAE ran
+348-370 s in bf16 against 311-335 s in fp32 (issue 12 §4) and the demo's VAE over 10x slower; on
+another (2026-12-04) the demo ran 2.2x faster in bf16. So the unmeasured rule stays in fp32 there,
+and says that it did not measure. ``--precision bf16`` still forces it.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def cpu_has_avx512_bf16() -> bool:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True where bf16 is known to beat fp32 on this CPU: AMX tiles (not AVX-512 BF16 alone)."""
+    """True where bf16 is known to beat fp32 on this CPU without measuring: AMX tiles (AVX-512 BF16
+    alone has gone both ways)."""
     return cpu_has_amx()
 
 
@@ -42,8 +45,8 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
         return None, "--precision fp32"
     if precision == "bf16":
         if device.type == "cpu" and not cpu_has_fast_bf16():
-            return torch.bfloat16, ("--precision bf16; warning: this CPU has no fast bf16 units (AMX), so bf16 "
-                                    "runs slower than fp32 here (--precision auto picks fp32)")
+            return torch.bfloat16, ("--precision bf16; warning: this CPU has no AMX tiles, where bf16 can run "
+                                    "slower than fp32 (--precision auto measures both)")
         return torch.bfloat16, "--precision bf16"
     if device.type == "cuda":
         if torch.cuda.is_bf16_supported():
@@ -54,9 +57,9 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype
     if cpu_has_amx():
         return torch.bfloat16, "auto: the CPU has AMX tiles (bf16 matmuls several times fp32)"
     if cpu_has_avx512_bf16():
-        return None, ("auto: the CPU has AVX-512 BF16 but no AMX, where bf16 was measured slower than fp32 "
-                      "(use --precision bf16 to force it)")
-    return None, "auto: the CPU has no fast bf16 units (AMX)"
+        return None, ("auto: not measured; the CPU has AVX-512 BF16 but no AMX, where bf16 has run "
+                      "from 10x slower to 2x faster than fp32 (--precision bf16 forces it)")
+    return None, "auto: not measured; the CPU has no bf16 units (AMX or AVX-512 BF16)"
 
 
 __all__ = ["cpu_has_amx", "cpu_has_avx512_bf16", "cpu_has_fast_bf16", "resolve_precision"]
