@@ -57,13 +57,17 @@ class Phase:
 
     name: str
     nets: tuple[str, ...]
-    optimizer: str
+    optimizer: str | tuple[str, ...]  # one optimizer, or several stepped together from one backward
     loss: LossFn
     every: int = 1
     active: Callable[[StepContext], bool] | None = None
     # "auto": the run's precision (bf16 autocast where chosen); "fp32": autocast off for this
     # phase's forward, for losses that bf16 would break (finite differences, tiny variances)
     precision: str = "auto"
+
+    @property
+    def optimizer_names(self) -> tuple[str, ...]:
+        return (self.optimizer,) if isinstance(self.optimizer, str) else tuple(self.optimizer)
 
     def __post_init__(self):
         if self.precision not in ("auto", "fp32"):

@@ -444,9 +444,10 @@ class Trainer:
     def run_phase(self, phase: Phase, batch: Batch, ctx: StepContext) -> dict[str, float] | None:
         """One update of one phase. Returns the logged values (also added to ``ctx.logged``), or
         None when the update was skipped (non-finite loss or gradient on any rank)."""
-        opt = self.optimizers[phase.optimizer]
+        opts = [self.optimizers[n] for n in phase.optimizer_names]
         self.set_trainable(phase.nets)
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
         params = [p for n in phase.nets for p in self.method.nets[n].parameters()]
         out = self.phase_loss(phase, batch, ctx)
         loss = out["loss"]
@@ -460,10 +461,12 @@ class Trainer:
         else:  # clipping off: only finiteness matters, no rescaling pass over the gradients
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         if bool((bad > 0) | ~torch.isfinite(norm)):
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             ctx.skipped = ctx.skipped + (phase.name,)
             return None
-        opt.step()
+        for opt in opts:
+            opt.step()
         res = {f"{phase.name}/{k}": float(v.detach()) for k, v in out.items()}
         ctx.logged.update(res)
         return res
