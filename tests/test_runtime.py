@@ -154,3 +154,22 @@ def test_a_network_too_slow_to_compare_keeps_the_rule_and_all_cores(cache, monke
     rt = runtime.choose("auto", 0, CPU, WORKLOAD, fake_step(cost, calls), 8)
     assert calls == [("fp32x2", False)] and (rt.precision, rt.threads) == ("fp32", 2)
     assert "too slow to compare settings" in rt.why and rt.img_per_s > 0 and not cache.exists()
+
+
+def test_the_estimate_times_each_stage_of_a_warm_up_schedule(tmp_path, cache):
+    """Soft-IntroVAE's VAE warm-up and its introspective steps run at different speeds: the stages
+    are cut where the active phases change, each is timed, and the estimate adds them up."""
+    lines = []
+    model = {**tiny_model_cfg("soft_intro_vae"), "warmup_kimg": 0.064}
+    tr = Trainer(tiny_cfg(method="soft_intro_vae", precision="fp32", threads=1), model, tmp_path / "s",
+                 progress=False, calibrate=True, log=lines.append)
+    assert [(k, first, n) for k, first, n in tr.stages(0)] == [(("warmup",), 0, 4), (("encoder", "decoder"), 4, 4)]
+    assert tr.stages(6) == [(("encoder", "decoder"), 6, 2)]
+    tr.dry_run()
+    est = [s for s in lines if s.startswith("estimated duration: ")]
+    assert len(est) == 1 and "kimg, 0.064 at " in est[0] and " then 0.064 at " in est[0], est
+    assert set(tr._stage_rates) == {("warmup",)}  # the calibration timed mid-run (step 5): the other stage
+    plan = tr._stage_plan()
+    assert [img for img, _ in plan] == [64, 64] and plan[0][1] == tr._stage_rates[("warmup",)]
+    assert plan[1][1] == tr.runtime.img_per_s
+    assert tr.estimate_seconds() >= 64 / plan[0][1] + 64 / plan[1][1]

@@ -203,6 +203,7 @@ class Trainer:
         try:
             rt = choose(self.cfg.precision, self.cfg.threads, self.device, workload, self._probe_step,
                         self.images_per_step, self.log)
+            self._stage_rates = self._measure_stages(rt)
         finally:
             self._probe = None
         self.runtime, self.amp = rt, rt.amp
@@ -212,10 +213,51 @@ class Trainer:
         self.resolved["threads"] = rt.threads
         return rt
 
+    def stages(self, start: int | None = None) -> list[tuple[tuple[str, ...], int, int]]:
+        """The rest of the run (from step ``start``, default the next) cut where the set of active
+        phases changes (a warm-up ending, a stage switching on): (active phase names, first step,
+        number of steps) per stage. A phase's ``every`` does not cut: its steps count at their rate."""
+        segs: list[list] = []
+        start = self.counters["step"] if start is None else start
+        gated = [ph for ph in self.phases if ph.active is not None]
+        for step in range(start, self.total_steps):
+            ctx = self.context(step) if gated else None
+            key = tuple(ph.name for ph in self.phases if ph.active is None or ph.active(ctx))
+            if segs and segs[-1][0] == key:
+                segs[-1][2] += 1
+            else:
+                segs.append([key, step, 1])
+            if not gated:
+                segs[-1][2] = self.total_steps - start
+                break
+        return [tuple(sg) for sg in segs]
+
+    def _measure_stages(self, rt: Runtime) -> dict[tuple[str, ...], float]:
+        """img/s of each stage other than the one the calibration timed (its mid-run step), in the
+        chosen precision and threads: the warm-up of Soft-IntroVAE runs about 4x faster than its
+        introspective steps, so one rate would mislead the duration estimate."""
+        probe = self.total_steps // 2 + 1
+        rates: dict[tuple[str, ...], float] = {}
+        timed = [key for key, first, n in self.stages(0) if first <= probe < first + n]
+        for key, first, n in self.stages(0):
+            if key in rates or key in timed or not rt.img_per_s:
+                continue
+            self._probe_at = first + n // 2
+            try:
+                self._probe_step(rt.amp)  # the first step of phases not run yet pays their start-up
+                t0, k = time.perf_counter(), 0
+                while k < 2 or (k < 8 and time.perf_counter() - t0 < 0.4):
+                    self._probe_step(rt.amp)
+                    k += 1
+                rates[key] = k * self.images_per_step / (time.perf_counter() - t0)
+            finally:
+                self._probe_at = None
+        return rates
+
     def _probe_step(self, amp, full: bool = True) -> None:
         """One training step of a throw-away copy of the run (networks, optimizers, a real batch, or
-        its first few images when not ``full``) under autocast ``amp``, at a mid-run step; the run's
-        weights and random streams are untouched."""
+        its first few images when not ``full``) under autocast ``amp``, at a mid-run step (or at
+        ``_probe_at``); the run's weights and random streams are untouched."""
         if getattr(self, "_probe", None) is None:
             m = copy.deepcopy(self.method)
             self._probe = (m, build_optimizers(m, m.optimizers()), m.phases(), self.batch())
@@ -230,7 +272,8 @@ class Trainer:
         self.method, self.optimizers, self.phases, self.amp = m, opts, phases, amp
         try:
             with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.device.type == "cuda" else []):
-                self.train_step(batch, self.context(self.total_steps // 2 + self._probe_n))
+                at = getattr(self, "_probe_at", None)
+                self.train_step(batch, self.context((self.total_steps // 2 if at is None else at) + self._probe_n))
         finally:
             self.method, self.optimizers, self.phases, self.amp = saved
 
@@ -265,12 +308,18 @@ class Trainer:
         if rt is None or not rt.img_per_s:
             return None
         left_img = max(0.0, self.total_steps * self.images_per_step - self.counters["kimg"] * 1000.0)
-        compute = left_img / rt.img_per_s
+        compute = sum(img / rate for img, rate in self._stage_plan())
         per_batch, kept = getattr(self, "_data_cost", (0.0, True))
         new_items = min(len(self.dataset), left_img) if kept else left_img
         data = new_items / self.cfg.batch_size * per_batch
         spare = _cores() - _load_level()[1]  # cores other processes leave free
         return compute + data if rt.threads + 1 > spare else max(compute, data)
+
+    def _stage_plan(self) -> list[tuple[float, float]]:
+        """(images left, img/s) per remaining stage; stages not timed separately (one stage, or an
+        old measurement) take the calibrated rate."""
+        rates, base = getattr(self, "_stage_rates", {}), self.runtime.img_per_s
+        return [(n * self.images_per_step, rates.get(key, base)) for key, _, n in self.stages()] or [(0.0, base)]
 
     def estimate_line(self) -> str | None:
         """'estimated duration: K kimg ... about T' from measurements on this machine (None when not measured)."""
@@ -278,7 +327,10 @@ class Trainer:
         if secs is None:
             return None
         left = max(0.0, self.total_steps * self.images_per_step / 1000.0 - self.counters["kimg"])
-        return (f"estimated duration: {left:.3g} kimg at {self.runtime.img_per_s:.1f} img/s (measured here, "
+        plan = self._stage_plan()
+        speed = (f" at {self.runtime.img_per_s:.1f} img/s" if len(plan) == 1 else
+                 ", " + " then ".join(f"{img / 1000:.3g} at {rate:.1f} img/s" for img, rate in plan))
+        return (f"estimated duration: {left:.3g} kimg{speed} (measured here, "
                 f"with data loading) = about {format_duration(secs)}, plus pictures and checkpoints")
 
     def set_budget(self, kimg: float) -> None:
