@@ -1,6 +1,7 @@
 """CLI smoke tests: the real commands on tiny data, and every user-error path."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,3 +202,20 @@ def test_eval_command(trained, capsys):
     assert main(["eval", str(trained), "--metrics", "nope"]) == 2
     assert "unknown metric" in capsys.readouterr().err
     assert main(["eval", str(trained), "--metrics", "toy_hist"]) == 2
+
+
+def test_list_shows_budgets_and_times_the_presets_asked(tmp_path, capsys, monkeypatch):
+    """`calae list` gives every preset's budget; `--durations NAME...` times those presets here (a few
+    steps each), on fractals of the same size when their data is not on this machine."""
+    monkeypatch.setenv("CALAE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)  # no data/mnist here
+    assert main(["list"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")}
+    assert lines["vae-mnist"].endswith("[600 kimg]") and " here" not in lines["vae-toy"]
+    assert main(["list", "--durations", "vae-toy", "vae-mnist"]) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("  ")}
+    assert re.search(r"\[2000 kimg, about .+ here\]$", lines["vae-toy"]), lines["vae-toy"]
+    assert lines["vae-mnist"].endswith("here (timed on fractals of its size)]"), lines["vae-mnist"]
+    assert lines["vae-digits"].endswith("[60 kimg]")  # not asked: not timed
+    assert main(["list", "--durations", "no-such-preset"]) != 0
+    assert "no preset no-such-preset" in capsys.readouterr().err

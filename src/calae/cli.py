@@ -222,7 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed (metrics are deterministic given it)")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
-    sub.add_parser("list", help="methods, presets, datasets, priors and metrics")
+    ls = sub.add_parser("list", help="methods, presets, datasets, priors and metrics")
+    ls.add_argument("--durations", nargs="*", metavar="PRESET", default=None,
+                   help="also estimate how long each preset (or only those named) trains on this machine: a "
+                        "few timed steps each, cached like a run's calibration; presets whose data is not here "
+                        "(a folder, MNIST files) are timed on fractal images of the same size")
 
     f = sub.add_parser("fractals", help="render the procedural fractal dataset to PNGs, or a parameter sweep to video")
     f.add_argument("--n", type=_positive_int("--n"), default=64, help="number of images (default 64)")
@@ -814,12 +818,60 @@ def cmd_list(a) -> int:
         print("priors:   " + ", ".join(sorted(PRIORS)))
     if METRICS:
         print("metrics:  " + ", ".join(sorted(METRICS)))
-    print("presets:")
-    for name in sorted(PRESETS):
+    names = sorted(PRESETS)
+    if a.durations:
+        unknown = [n for n in a.durations if n not in PRESETS]
+        if unknown:
+            raise UserError(f"--durations: no preset {', '.join(unknown)}; `calae list` names them")
+    timed = (a.durations or names) if a.durations is not None else []
+    print("presets:" + ("" if timed else " (budget; `calae list --durations` times each on this machine)"))
+    for i, name in enumerate(names):
         pr = PRESETS[name]
-        print(f"  {name:<28} {pr['method']:<15} {pr['doc']}")
+        budget = _preset_budget(pr)
+        if name in timed:
+            _stage(f"timing preset {name} ({timed.index(name) + 1}/{len(timed)})", announce=False)
+            budget += ", " + _preset_duration(pr)
+        print(f"  {name:<28} {pr['method']:<15} {pr['doc']} [{budget}]", flush=True)
     _ = DATASETS
     return 0
+
+
+def _preset_budget(pr: dict) -> str:
+    from .config import TrainConfig
+
+    tr = pr["train"]
+    if tr.get("epochs") is not None:
+        return f"{tr['epochs']:g} epochs"
+    return f"{tr.get('kimg', TrainConfig.kimg):g} kimg"
+
+
+def _preset_duration(pr: dict) -> str:
+    """'about 1 h 08 min here' from a few timed steps of the preset (``Trainer.estimate_seconds``),
+    on fractal images of the preset's size when its data is not on this machine."""
+    from .config import TrainConfig, from_dict
+    from .training import Trainer
+    from .training.runtime import format_duration
+
+    tr = dict(pr["train"], method=pr["method"], sample_every_kimg=0.0, snapshot_every_kimg=0.0)
+    data, note = str(tr.get("data", "fractals")), ""
+    local = data.startswith(("toy:", "digits", "fractals")) or (
+        Path(data.split(":", 1)[1] if data.startswith("mnist:") else data).is_dir() and any(
+            Path(data.split(":", 1)[1] if data.startswith("mnist:") else data).iterdir()))
+    if not local:
+        channels = 1 if data.startswith("mnist:") else (tr.get("channels") or 3)
+        tr.update(data="fractals", channels=channels, resolution=tr.get("resolution") or (28 if channels == 1 else 64),
+                  fit="crop")
+        note = " (timed on fractals of its size)"
+    tr["n_data"] = max(2 * int(tr.get("batch_size", TrainConfig.batch_size)), 64) if tr["data"].startswith("fractals") \
+        else tr.get("n_data")
+    try:
+        trainer = Trainer(from_dict(TrainConfig, tr), dict(pr["model"]), None, progress=False, pictures=False,
+                          calibrate=True, log=lambda s: None)
+        trainer.setup_runtime()
+        secs = trainer.estimate_seconds()
+    except Exception as e:  # one preset that cannot be timed here does not hide the others
+        return f"not timed: {str(e).splitlines()[0][:80]}"
+    return f"about {format_duration(secs)} here{note}" if secs is not None else "not timed"
 
 
 def cmd_fractals(a) -> int:
