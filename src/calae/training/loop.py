@@ -300,7 +300,7 @@ class Trainer:
         again = time.perf_counter() - t0
         return first * self.cfg.batch_size / max(bs, 1), again < 0.3 * first
 
-    def estimate_seconds(self) -> float | None:
+    def estimate_seconds(self, plan: list[tuple[float, float]] | None = None) -> float | None:
         """Seconds the rest of the budget takes: measured step speed, plus the data thread's loading
         where it competes with training for the cores (no core left free by training and other
         processes' load), else the larger of the two."""
@@ -308,7 +308,7 @@ class Trainer:
         if rt is None or not rt.img_per_s:
             return None
         left_img = max(0.0, self.total_steps * self.images_per_step - self.counters["kimg"] * 1000.0)
-        compute = sum(img / rate for img, rate in self._stage_plan())
+        compute = sum(img / rate for img, rate in (plan or self._stage_plan()))
         per_batch, kept = getattr(self, "_data_cost", (0.0, True))
         new_items = min(len(self.dataset), left_img) if kept else left_img
         data = new_items / self.cfg.batch_size * per_batch
@@ -323,11 +323,11 @@ class Trainer:
 
     def estimate_line(self) -> str | None:
         """'estimated duration: K kimg ... about T' from measurements on this machine (None when not measured)."""
-        secs = self.estimate_seconds()
-        if secs is None:
+        if self.runtime is None or not self.runtime.img_per_s:
             return None
-        left = max(0.0, self.total_steps * self.images_per_step / 1000.0 - self.counters["kimg"])
         plan = self._stage_plan()
+        secs = self.estimate_seconds(plan)
+        left = max(0.0, self.total_steps * self.images_per_step / 1000.0 - self.counters["kimg"])
         speed = (f" at {self.runtime.img_per_s:.1f} img/s" if len(plan) == 1 else
                  ", " + " then ".join(f"{img / 1000:.3g} at {rate:.1f} img/s" for img, rate in plan))
         return (f"estimated duration: {left:.3g} kimg{speed} (measured here, "
@@ -631,8 +631,9 @@ class Trainer:
         self.log(parameter_table(self.method))
         self.log(self.precision_note)
         self.log(self.data_line())
-        if self.estimate_line():
-            self.log(self.estimate_line())
+        estimate = self.estimate_line()
+        if estimate:
+            self.log(estimate)
         if self.cfg.init_from:
             self.log(self._init_from())
         batch = self.batch()
@@ -673,8 +674,9 @@ class Trainer:
         elif init_msg:
             self.log(init_msg)
         self.log(self.data_line())
-        if self.estimate_line():
-            self.log(self.estimate_line())
+        estimate = self.estimate_line()
+        if estimate:
+            self.log(estimate)
         self.stats = StatsWriter(self.out, self.counters["kimg"] if resumed else None) if self.main else None
         self._fixed_real = (explore.load_real(self.method, self.dataset, 16, self.cfg.seed).x
                             if self.dataset.info.kind == "image" else None)
