@@ -258,6 +258,10 @@ def test_keep_the_newest_numbered_snapshots(tmp_path, capsys):
     assert main([*args[:args.index("--kimg") + 1], "0.128", *args[args.index("--kimg") + 2:]]) == 0
     assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["snapshot-000000112.safetensors",
                                                                       "snapshot-000000128.safetensors"]
+    # --keep is how the run is stored, not what it trains: changing it resumes too
+    assert main(["train", "vae", *DIGITS, "--kimg", "0.144", "--set", "snapshot_every_kimg=0.016", "--out", str(out),
+                 "--keep", "1", *TINY]) == 0
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["snapshot-000000144.safetensors"]
     # --keep all keeps every one; without --keep there is no snapshots/ folder
     assert main(["train", "vae", *DIGITS, "--kimg", "0.048", "--set", "snapshot_every_kimg=0.016", "--out",
                  str(tmp_path / "all"), "--keep", "all", *TINY]) == 0
