@@ -465,8 +465,8 @@ add_preset("fantasy-256", "as_intro_vae", "AS-IntroVAE on a folder of 256 px ima
 # Seed 003's use on a 2-core CPU in one evening (issue 18): the same 256 px output and 256-D latent, with
 # nets sized for a CPU (16-256 channels, stem strided4: the residual levels start at 64 px), batch 8, a long
 # joint-VAE warm-up at lr 5e-4 then 8 kimg introspective at 2e-4 (β_neg adaptive in 4..256). β_kl/β_rec =
-# 0.04, not the paper's 2: at σ² = 1 on [0, 1] pixels (β_rec 0.5) the VAE keeps ~30 nats and reconstructs
-# a 4 px thumbnail at best (80 fractals at 64 px, 500 steps: 13.8 dB against 16.0 at 0.04). No augmentation:
+# 0.04, not the paper's 2: at σ² = 1 on [0, 1] pixels (β_rec 0.5) the VAE keeps ~30 nats of information
+# (80 fractals at 64 px, 500 steps: 13.8 dB against 16.0 at 0.04). No augmentation:
 # it would be more to reconstruct in the same time. Figures in the README ("An evening at 256 px").
 add_preset("fantasy-256-cpu", "as_intro_vae", "AS-IntroVAE on a folder of about 80 images at 256 px, 256-D codes, "
            "sized for one evening on a 2-core CPU (use --data DIR)",
