@@ -276,6 +276,22 @@ def test_adaptive_schedule_direction_bounds_and_once_per_step():
     assert a.value(ctx_at(0, 0)) == before
 
 
+def test_adaptive_schedule_warning_does_not_advise_itself():
+    """Its remedy is about the range it moves in, not 'use the adaptive schedule' (already in use)."""
+    a = AdaptiveBetaNeg(64.0, bounds=(4, 256), rate=0.5, smooth_kimg=0.0, warn_kimg=1.0)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        for i in range(4):
+            a.observe(-3.0, 10.0, ctx_at(i, 0.5 * i))
+    assert len(rec) == 1
+    text = str(rec[0].message)
+    assert "beta_neg_schedule=adaptive" not in text and "lowering beta_neg already" in text
+    assert "beta_neg_range=[1,256]" in text
+    for i in range(4, 40):
+        a.observe(-3.0, 10.0, ctx_at(i, 0.5 * i))
+    assert "already sits at its lower bound 4" in a.remedy(ctx_at(0, 0))
+
+
 def test_schedule_state_survives_state_dict_round_trip():
     a = AdaptiveBetaNeg(64.0, smooth_kimg=1.0, warn_kimg=1e9)
     for i in range(5):

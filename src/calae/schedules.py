@@ -116,11 +116,13 @@ class BetaNegSchedule(nn.Module):
             warnings.warn(self.warning_text(span, ctx), KLGapWarning, stacklevel=3)
 
     def warning_text(self, span: float, ctx) -> str:
-        beta = self.value(ctx)
         return (f"{self.method_name}: KL(fake) - KL(real) has stayed negative for {span:.2f} kimg "
                 f"(smoothed gap {float(self.gap_ema):.3g} nats at {ctx.kimg:.2f} kimg): the encoder no longer "
-                f"separates generated images from data, so samples stop improving. Remedy: lower beta_neg "
-                f"(now {beta:.4g}; e.g. --set beta_neg={max(beta / 4, 1e-3):.4g}), or use "
+                f"separates generated images from data, so samples stop improving. {self.remedy(ctx)}")
+
+    def remedy(self, ctx) -> str:
+        beta = self.value(ctx)
+        return (f"Remedy: lower beta_neg (now {beta:.4g}; e.g. --set beta_neg={max(beta / 4, 1e-3):.4g}), or use "
                 "--set beta_neg_schedule=adaptive")
 
     def extra_repr(self) -> str:
@@ -186,11 +188,14 @@ class AdaptiveBetaNeg(BetaNegSchedule):
             self.log_beta.add_(step)  # comfortable gap: drift back toward the stable, larger β_neg
         self.log_beta.clamp_(math.log(self.bounds[0]), math.log(self.bounds[1]))
 
-    def warning_text(self, span: float, ctx) -> str:
-        text = super().warning_text(span, ctx)
-        if self.value(ctx) <= self.bounds[0] * (1 + 1e-9):
-            text += f" (the adaptive schedule already sits at its lower bound {self.bounds[0]:.4g}: lower beta_neg_range)"
-        return text
+    def remedy(self, ctx) -> str:
+        lo, hi = self.bounds
+        lower = f"--set 'beta_neg_range=[{max(lo / 4, 1e-3):.4g},{hi:.4g}]'"
+        if self.value(ctx) <= lo * (1 + 1e-9):
+            return (f"The adaptive schedule already sits at its lower bound {lo:.4g}: lower beta_neg_range "
+                    f"(e.g. {lower})")
+        return (f"The adaptive schedule is lowering beta_neg already (now {self.value(ctx):.4g}, range "
+                f"{lo:.4g}..{hi:.4g}); if the gap stays negative, lower beta_neg_range (e.g. {lower})")
 
 
 def make_beta_neg_schedule(cfg, name: str = "soft_intro_vae") -> BetaNegSchedule:
