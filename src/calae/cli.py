@@ -825,7 +825,7 @@ def cmd_list(a) -> int:
             raise UserError(f"--durations: no preset {', '.join(unknown)}; `calae list` names them")
     timed = (a.durations or names) if a.durations is not None else []
     print("presets:" + ("" if timed else " (budget; `calae list --durations` times each on this machine)"))
-    for i, name in enumerate(names):
+    for name in names:
         pr = PRESETS[name]
         budget = _preset_budget(pr)
         if name in timed:
@@ -854,9 +854,8 @@ def _preset_duration(pr: dict) -> str:
 
     tr = dict(pr["train"], method=pr["method"], sample_every_kimg=0.0, snapshot_every_kimg=0.0)
     data, note = str(tr.get("data", "fractals")), ""
-    local = data.startswith(("toy:", "digits", "fractals")) or (
-        Path(data.split(":", 1)[1] if data.startswith("mnist:") else data).is_dir() and any(
-            Path(data.split(":", 1)[1] if data.startswith("mnist:") else data).iterdir()))
+    folder = Path(data.split(":", 1)[1] if data.startswith("mnist:") else data)
+    local = data.startswith(("toy:", "digits", "fractals")) or (folder.is_dir() and any(folder.iterdir()))
     if not local:
         channels = 1 if data.startswith("mnist:") else (tr.get("channels") or 3)
         tr.update(data="fractals", channels=channels, resolution=tr.get("resolution") or (28 if channels == 1 else 64),

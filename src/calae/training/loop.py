@@ -217,29 +217,30 @@ class Trainer:
         """The rest of the run (from step ``start``, default the next) cut where the set of active
         phases changes (a warm-up ending, a stage switching on): (active phase names, first step,
         number of steps) per stage. A phase's ``every`` does not cut: its steps count at their rate."""
-        segs: list[list] = []
         start = self.counters["step"] if start is None else start
-        gated = [ph for ph in self.phases if ph.active is not None]
+        if start >= self.total_steps:
+            return []
+        if all(ph.active is None for ph in self.phases):
+            return [(tuple(ph.name for ph in self.phases), start, self.total_steps - start)]
+        segs: list[list] = []
         for step in range(start, self.total_steps):
-            ctx = self.context(step) if gated else None
+            ctx = self.context(step)
             key = tuple(ph.name for ph in self.phases if ph.active is None or ph.active(ctx))
             if segs and segs[-1][0] == key:
                 segs[-1][2] += 1
             else:
                 segs.append([key, step, 1])
-            if not gated:
-                segs[-1][2] = self.total_steps - start
-                break
         return [tuple(sg) for sg in segs]
 
     def _measure_stages(self, rt: Runtime) -> dict[tuple[str, ...], float]:
         """img/s of each stage other than the one the calibration timed (its mid-run step), in the
         chosen precision and threads: the warm-up of Soft-IntroVAE runs about 4x faster than its
         introspective steps, so one rate would mislead the duration estimate."""
-        probe = self.total_steps // 2 + 1
+        probe = self._probe_base() + 1  # the calibration's first timed step
+        stages = self.stages(0)
         rates: dict[tuple[str, ...], float] = {}
-        timed = [key for key, first, n in self.stages(0) if first <= probe < first + n]
-        for key, first, n in self.stages(0):
+        timed = {key for key, first, n in stages if first <= probe < first + n}
+        for key, first, n in stages:
             if key in rates or key in timed or not rt.img_per_s:
                 continue
             self._probe_at = first + n // 2
@@ -253,6 +254,11 @@ class Trainer:
             finally:
                 self._probe_at = None
         return rates
+
+    def _probe_base(self) -> int:
+        """The step probe steps count from: mid-run, or ``_probe_at`` while a stage is timed."""
+        at = getattr(self, "_probe_at", None)
+        return self.total_steps // 2 if at is None else at
 
     def _probe_step(self, amp, full: bool = True) -> None:
         """One training step of a throw-away copy of the run (networks, optimizers, a real batch, or
@@ -272,8 +278,7 @@ class Trainer:
         self.method, self.optimizers, self.phases, self.amp = m, opts, phases, amp
         try:
             with torch.random.fork_rng(devices=[torch.cuda.current_device()] if self.device.type == "cuda" else []):
-                at = getattr(self, "_probe_at", None)
-                self.train_step(batch, self.context((self.total_steps // 2 if at is None else at) + self._probe_n))
+                self.train_step(batch, self.context(self._probe_base() + self._probe_n))
         finally:
             self.method, self.optimizers, self.phases, self.amp = saved
 
