@@ -78,7 +78,7 @@ def test_vae_gan_every_phase_gets_exactly_its_intended_gradient(variant):
             mu, logvar = E(x).float().chunk(2, dim=1)
             z = mu + torch.exp(0.5 * logvar) * eps
         xt, xp = G(z), G(z_p)
-        f, logit = D.run(torch.cat([x, xt, xp]), cfg.dis_layer)
+        f, logit = D.run(torch.cat([x, xt, xp]), cfg.dis_layer, set_size=n)
         dis = 0.5 * (f[n:2 * n] - f[:n]).pow(2).flatten(1).sum(1).mean()
         pix = (xt - x).pow(2).flatten(1).sum(1).mean()
         kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1).sum(1).mean()
@@ -115,7 +115,7 @@ def test_vae_gan_every_phase_gets_exactly_its_intended_gradient(variant):
         _, _, _, _, xt, xp = pieces(False)
     xr = x.detach().requires_grad_(True)
     fakes = torch.cat([xt, xp]) if cfg.gan_on_recon else xp
-    _, lg = D.run(torch.cat([xr, fakes]))
+    _, lg = D.run(torch.cat([xr, fakes]), set_size=n)
     loss = cfg.real_weight * F.softplus(-lg[:n]).mean() + (1 - cfg.real_weight) * F.softplus(lg[n:]).mean()
     if cfg.r1() > 0:
         (gx,) = torch.autograd.grad(lg[:n].sum(), xr, create_graph=True)
@@ -228,6 +228,36 @@ def test_discriminator_features_come_from_the_same_forward():
     assert shapes == [(2, 8, 32, 32), (2, 16, 32, 32), (2, 32, 16, 16), (2, 32, 8, 8), (2, 32, 4, 4)]
     f, logit = D.run(x, -1)
     assert tuple(f.shape) == (2, 32, 4, 4) and torch.equal(logit, D(x)) and logit.shape == (2,)
+
+
+def test_minibatch_stddev_sees_collapse_and_its_groups_never_mix_sets():
+    from calae.nets import ImageDiscriminator
+
+    torch.manual_seed(0)
+    D = ImageDiscriminator(3, 16, base=8, max_ch=16, mbstd_group=4).eval()
+    assert [D.group_size(k) for k in (16, 6, 5, 1)] == [4, 3, 1, 1]
+    real, fake_a, fake_b = torch.randn(6, 3, 16, 16), torch.randn(6, 3, 16, 16), torch.zeros(6, 3, 16, 16)
+    with torch.no_grad():
+        alone = D(real)
+        with_a = D.run(torch.cat([real, fake_a]), set_size=6)[1]
+        with_b = D.run(torch.cat([real, fake_b, fake_a]), set_size=6)[1]
+        # the real items' logits do not depend on what the generated set holds
+        torch.testing.assert_close(with_a[:6], alone)
+        torch.testing.assert_close(with_b[:6], alone)
+        torch.testing.assert_close(with_b[12:], with_a[6:])
+        h = torch.randn(8, 16, 2, 2)
+        spread = D.mbstd(h, 8)[:, -1, 0, 0]
+        collapsed = D.mbstd(h[:1].expand(8, -1, -1, -1), 8)[:, -1, 0, 0]
+    assert spread.shape == (8,) and bool((spread > 0.5).all())  # unit-variance features: std ≈ 1
+    assert float(collapsed.max()) < 1e-3  # a collapsed group shows zero spread
+    assert torch.equal(spread[:4], spread[:1].expand(4)) and not torch.equal(spread[0], spread[4])
+    with pytest.raises(ValueError, match="set_size"):
+        D.run(torch.randn(10, 3, 16, 16), set_size=4)
+    plain = ImageDiscriminator(3, 16, base=8, max_ch=16, mbstd_group=0).eval()
+    with torch.no_grad():  # without the feature every item is scored on its own
+        torch.testing.assert_close(plain(torch.cat([real, fake_a]))[:6], plain(real))
+    with pytest.raises(ConfigError, match="d_mbstd"):
+        VAEGANConfig(d_mbstd=-1)
 
 
 # ---- --init-from a VAE ---------------------------------------------------------------------------------

@@ -77,6 +77,7 @@ class _DiscOptions:
             if v is not None:
                 check_range(k, v, 1, 4096)
         check_range("d_hidden", self.d_hidden, 1, 65536)
+        check_range("d_mbstd", self.d_mbstd, 0, 4096)
         check_choice("d_norm", self.d_norm, ("none", "group", "batch"))
         if self.d_lr is not None:
             check_range("d_lr", self.d_lr, 0, 1, lo_open=True)
@@ -93,7 +94,7 @@ def build_discriminator(cfg, info: DataInfo) -> ImageDiscriminator:
         raise ConfigError(f"the image discriminator needs image data; {info.name or 'this data'} is {info.kind} "
                           "(use --data fractals, a folder, digits or mnist:DIR)")
     return ImageDiscriminator(info.channels, info.resolution, cfg.d_base_channels or cfg.base_channels,
-                              cfg.d_max_channels or cfg.max_channels, cfg.d_norm, cfg.d_hidden)
+                              cfg.d_max_channels or cfg.max_channels, cfg.d_norm, cfg.d_hidden, cfg.d_mbstd)
 
 
 # ---- the equilibrium gate ----------------------------------------------------------------------------
@@ -151,7 +152,9 @@ class VAEGANConfig(_DiscOptions, VAEConfig):
     D's trunk takes base/max channels from d_base_channels / d_max_channels (None: the same)."""
 
     lr: float = 2e-4  # E's and G's Adam lr; D's is d_lr (None: lr)
-    betas: tuple[float, float] = (0.5, 0.999)
+    # Adam betas of every net (StyleGAN2's): with the DCGAN (0.5, 0.999) the GANs of
+    # benchmarks/bench_vae_gan.py collapsed (32 px, 3 kimg: sample spread 0.19 of the data's, 0.54 here)
+    betas: tuple[float, float] = (0.0, 0.99)
     z_dim: int = 64
     beta_rec: float = 1.0  # weight of the Dis_l reconstruction in E's loss (G's: γ·β_rec)
     gamma: float = 1e-2  # official recon_vs_gan_weight: G minimises γ·rec − (1−γ)·GAN (1e-5 in the CelebA script)
@@ -173,6 +176,7 @@ class VAEGANConfig(_DiscOptions, VAEConfig):
     d_max_channels: int | None = None
     d_hidden: int = 256
     d_norm: str = "none"
+    d_mbstd: int = 4  # minibatch-stddev group size in D (PGGAN; 0: off); groups never mix real and generated
 
     def __post_init__(self):
         super().__post_init__()
@@ -246,7 +250,7 @@ def vae_gan_encoder_phase(m: VAEGAN, batch: Batch, ctx: StepContext) -> dict:
     mu, logvar = m.posterior(x)
     x_tilde = m.nets["G"](reparameterize(mu, logvar, eps))
     n = x.shape[0]
-    feats, _ = m.nets["D"].run(torch.cat([x_tilde, x]), cfg.dis_layer)  # [2N, C_l, H_l, W_l]
+    feats, _ = m.nets["D"].run(torch.cat([x_tilde, x]), cfg.dis_layer, set_size=n)  # [2N, C_l, H_l, W_l]
     # detach: D_l(x) is the target, a constant of this loss
     rec = m.dis_l(feats[:n], feats[n:].detach())
     kl = kl_normal(mu, logvar)
@@ -274,7 +278,7 @@ def vae_gan_decoder_phase(m: VAEGAN, batch: Batch, ctx: StepContext) -> dict:
     x, cfg = batch.x, m.cfg
     n = x.shape[0]
     x_tilde, x_p = _generated(m, batch, ctx, grad=True)
-    feats, logits = m.nets["D"].run(torch.cat([x, x_tilde, x_p]), cfg.dis_layer)  # D frozen; [3N]
+    feats, logits = m.nets["D"].run(torch.cat([x, x_tilde, x_p]), cfg.dis_layer, set_size=n)  # D frozen; [3N]
     # detach: D_l(x) is the target
     rec = m.dis_l(feats[n:2 * n], feats[:n].detach())
     pixel = _pixel(m, x_tilde, x)
@@ -299,7 +303,7 @@ def vae_gan_disc_phase(m: VAEGAN, batch: Batch, ctx: StepContext) -> dict:
     gen = torch.cat([x_tilde, x_p]) if cfg.gan_on_recon else x_p
     # detach: the batch is data; a fresh leaf so that R1 differentiates D(x) with respect to pixels
     x = batch.x.detach().requires_grad_(gamma > 0)
-    _, logits = m.nets["D"].run(torch.cat([x, gen]))
+    _, logits = m.nets["D"].run(torch.cat([x, gen]), set_size=n)
     real_cost = F.softplus(-logits[:n]).mean()
     fake_cost = F.softplus(logits[n:]).mean()
     loss = cfg.real_weight * real_cost + (1 - cfg.real_weight) * fake_cost
@@ -317,7 +321,9 @@ class GANConfig(_DiscOptions, NetConfig, MethodConfig):
     """G is the VAE's decoder (same network options: ``--init-from`` a VAE copies it); D as in vae_gan."""
 
     lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
+    # Adam betas of every net (StyleGAN2's): with the DCGAN (0.5, 0.999) the GANs of
+    # benchmarks/bench_vae_gan.py collapsed (32 px, 3 kimg: sample spread 0.19 of the data's, 0.54 here)
+    betas: tuple[float, float] = (0.0, 0.99)
     z_dim: int = 64
     gan_loss: str = "nonsat"  # nonsat (R1 on D) | bce (minimax G: −softplus(D(G(z))))
     r1_gamma: float | None = None  # None: 10 under nonsat, 0 under bce
@@ -326,6 +332,7 @@ class GANConfig(_DiscOptions, NetConfig, MethodConfig):
     d_max_channels: int | None = None
     d_hidden: int = 256
     d_norm: str = "none"
+    d_mbstd: int = 4  # minibatch-stddev group size in D (PGGAN; 0: off); groups never mix real and generated
 
     ARCHS = ("auto", "conv", "mlp")
 
@@ -382,7 +389,7 @@ def gan_disc_phase(m: GAN, batch: Batch, ctx: StepContext) -> dict:
         fake = m.nets["G"](m.draw(batch, ctx))
     # detach: the batch is data; a fresh leaf so that R1 differentiates D(x) with respect to pixels
     x = batch.x.detach().requires_grad_(gamma > 0)
-    logits = m.nets["D"](torch.cat([x, fake]))
+    _, logits = m.nets["D"].run(torch.cat([x, fake]), set_size=n)
     real_cost, fake_cost = F.softplus(-logits[:n]).mean(), F.softplus(logits[n:]).mean()
     loss, out = real_cost + fake_cost, {"real_cost": real_cost, "fake_cost": fake_cost}
     if gamma > 0:
@@ -403,20 +410,23 @@ def gan_gen_phase(m: GAN, batch: Batch, ctx: StepContext) -> dict:
 # 64 px folders (seed 004: comic faces, rectangles): --fit crop (the folder default) centre-crops them.
 _NETS64 = {"z_dim": 128, "base_channels": 32, "max_channels": 256}
 _NETS32 = {"z_dim": 64, "base_channels": 32, "max_channels": 128}
+# VAE-GAN's KL and pixel weights: Dis_l alone at β_kl 1 left the codes at ~16 nats and the
+# reconstructions unrecognisable (benchmarks/bench_vae_gan.py, which uses these weights)
+_VG = {"beta_kl": 0.02, "beta_pixel": 1.0}
 add_preset("vae-gan-folder-64", "vae_gan", "VAE-GAN on a 64 px folder of your images (--data DIR, "
            "non-square images centre-cropped: --fit crop)",
-           train={"resolution": 64, "batch_size": 32, "kimg": 200, "fit": "crop"}, model=dict(_NETS64))
+           train={"resolution": 64, "batch_size": 32, "kimg": 200, "fit": "crop"}, model={**_NETS64, **_VG})
 add_preset("gan-folder-64", "gan", "GAN on a 64 px folder (--data DIR; --init-from a vae run with the same "
            "nets: vae-folder-64)", train={"resolution": 64, "batch_size": 32, "kimg": 200, "fit": "crop"},
            model=dict(_NETS64))
 add_preset("vae-folder-64", "vae", "VAE on a 64 px folder whose E, G fit vae-gan-folder-64 / gan-folder-64 "
            "(--data DIR)", train={"resolution": 64, "batch_size": 32, "kimg": 200, "fit": "crop"},
-           model={**_NETS64, "beta_kl": 1.0})
+           model={**_NETS64, "beta_kl": 0.1})  # the demo's; at 1 the 64 px reconstructions were grey
 add_preset("vae-gan-fractals-64", "vae_gan", "VAE-GAN on 64 px fractals",
-           train={"data": "fractals", "resolution": 64, "batch_size": 32, "kimg": 200}, model=dict(_NETS64))
+           train={"data": "fractals", "resolution": 64, "batch_size": 32, "kimg": 200}, model={**_NETS64, **_VG})
 add_preset("vae-gan-fractals-32", "vae_gan", "VAE-GAN on 32 px fractals",
            train={"data": "fractals", "resolution": 32, "batch_size": 32, "kimg": 50, "n_data": 4096},
-           model=dict(_NETS32))
+           model={**_NETS32, **_VG})
 add_preset("gan-fractals-64", "gan", "GAN (nonsat + R1) on 64 px fractals",
            train={"data": "fractals", "resolution": 64, "batch_size": 32, "kimg": 200}, model=dict(_NETS64))
 add_preset("gan-fractals-32", "gan", "GAN (nonsat + R1) on 32 px fractals",
