@@ -26,6 +26,8 @@ Variants (``--variants``; the ablations change one thing of ``calae``):
   calae-fractal-prior   ``calae-32-fractal-prior`` (z from the IFS attractor prior)
   calae-fractal-prior-no-hessian  the same without the Hessian penalty
   calae-pixel           pixel_weight=1: phase 4 adds mean (x̂ − x)² to PatchNCE
+  calae-pixel-10, -100  pixel_weight=10, 100 (the mean squared error is ~0.3 per value: at 1 its
+                        gradient is small beside the adversarial terms)
 
 Results are written after every variant (``--merge`` keeps the other variants' rows of the file
 when it was measured at the same kimg, seed and growth), so a stopped run loses only the running
@@ -61,6 +63,8 @@ VARIANTS = {
     "calae-fractal-prior": ("calae-32-fractal-prior", {}),
     "calae-fractal-prior-no-hessian": ("calae-32-fractal-prior", {"hessian_weight": 0.0}),
     "calae-pixel": ("calae-32", {"pixel_weight": 1.0}),
+    "calae-pixel-10": ("calae-32", {"pixel_weight": 10.0}),
+    "calae-pixel-100": ("calae-32", {"pixel_weight": 100.0}),
 }
 METRICS = ["recon", "swd_rec", "swd_gen", "fd_randconv", "disentangle"]
 
@@ -132,7 +136,8 @@ def panel(method, dataset, path: Path, seed: int) -> None:
     save_image(make_grid(torch.cat([x, rec, smp, itp]), nrow=8), path, upscale=2)
 
 
-def run_variant(name: str, kimg: float, growth: float, seed: int, n_eval: int, threads: int, pictures) -> dict:
+def run_variant(name: str, kimg: float, growth: float, seed: int, n_eval: int, threads: int, pictures,
+                precision: str = "fp32") -> dict:
     from calae.config import TrainConfig, from_dict
     from calae.registry import PRESETS, load_all
     from calae.training import Trainer
@@ -142,7 +147,7 @@ def run_variant(name: str, kimg: float, growth: float, seed: int, n_eval: int, t
     pr = PRESETS[preset]
     tr = dict(pr["train"])
     tr.update(method=pr["method"], data=DATA, kimg=kimg, seed=seed, sample_every_kimg=0, snapshot_every_kimg=0,
-              log_every_kimg=0.5, threads=threads, precision="fp32")
+              log_every_kimg=0.5, threads=threads, precision=precision)
     model = {**pr["model"], **extra, "growth_kimg": growth}
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,6 +199,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-eval", type=int, default=None, help="real images (and samples) per evaluation (1000)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="autocast precision of every variant (the Hessian phase is fp32 in any case)")
     p.add_argument("--out", default=None, help="JSON path (default results/calae.json; --quick: calae_quick.json)")
     p.add_argument("--pictures", default=None, help="folder for one PNG panel per variant (default: none)")
     p.add_argument("--merge", action="store_true", help="keep the other variants' rows of --out")
@@ -217,18 +224,19 @@ def main(argv=None) -> list[dict]:
     path = Path(a.out or RESULTS / ("calae_quick.json" if a.quick else "calae.json"))
     meta = {"benchmark": "calae", "date": time.strftime("%Y-%m-%d"), "data": DATA, "resolution": 32, "kimg": kimg,
             "growth_kimg": growth, "seed": a.seed, "n_eval": n_eval, "threads": a.threads, "cpu": cpu_model(),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "precision": a.precision}
     rows: list[dict] = []
     if a.merge and path.exists():
         old = json.loads(path.read_text())
-        if (old.get("kimg"), old.get("seed"), old.get("growth_kimg"), old.get("n_eval")) != (kimg, a.seed, growth, n_eval):
+        if (old.get("kimg"), old.get("seed"), old.get("growth_kimg"), old.get("n_eval"), old.get("precision", "fp32")) != \
+                (kimg, a.seed, growth, n_eval, a.precision):
             raise SystemExit(f"--merge: {path} was measured at {old.get('kimg')} kimg, growth {old.get('growth_kimg')}, "
-                             f"seed {old.get('seed')}, {old.get('n_eval')} images; rerun with those or without --merge")
+                             f"seed {old.get('seed')}, {old.get('n_eval')} images, {old.get('precision', 'fp32')}; rerun with those or without --merge")
         rows = [r for r in old["rows"] if r["variant"] not in names]
     order = {v: i for i, v in enumerate(VARIANTS)}
     for name in names:
         t = time.time()
-        rows.append(run_variant(name, kimg, growth, a.seed, n_eval, a.threads, a.pictures))
+        rows.append(run_variant(name, kimg, growth, a.seed, n_eval, a.threads, a.pictures, a.precision))
         rows.sort(key=lambda r: order.get(r["variant"], 99))
         r = rows[[x["variant"] for x in rows].index(name)]
         print(f"{name}: {r['kimg']:.1f} kimg, train {r['train_s']:.0f} s, variant {time.time() - t:.0f} s; "
