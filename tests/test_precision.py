@@ -70,3 +70,21 @@ def test_trainer_logs_the_choice_and_reason_once(cpu_caps, amx, want):
     prec = [s for s in lines if s.startswith("precision:")]
     assert len(prec) == 1 and prec[0].startswith(f"precision: {want} (auto: ")
     assert tr.resolved["precision"] == want
+
+
+@pytest.mark.parametrize("method", ["alae", "calae"])
+def test_style_models_train_in_bf16_through_a_fade_in(tmp_path, method):
+    """Under bf16 autocast E's and G's fade-in lerps mixed a bf16 and an fp32 branch and raised
+    'expected dtype BFloat16 for end but got float' at the first step with 0 < alpha < 1."""
+    from calae.training import Trainer
+
+    from conftest import tiny_model_cfg
+
+    model = dict(tiny_model_cfg(method), arch="style", growth_kimg=0.032)
+    cfg = TrainConfig(method=method, data="fractals", n_data=64, resolution=8, kimg=0.128, batch_size=8,
+                      precision="bf16", device="cpu", sample_every_kimg=0, snapshot_every_kimg=0, log_every_kimg=0)
+    tr = Trainer(cfg, model, tmp_path / "run", progress=False, pictures=False)
+    alphas = {round(tr.method.growth.at(k / 1000)[1], 3) for k in range(0, 128, 8)}
+    assert any(0 < a < 1 for a in alphas)  # the run passes through a fade-in
+    res = tr.run()
+    assert res["steps"] == tr.total_steps and res["skipped"] == 0

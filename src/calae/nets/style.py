@@ -222,7 +222,8 @@ class StyleGenerator(nn.Module):
             feats.append(x)
         img = self.to_rgb[lod](x)
         if prev is not None:
-            img = torch.lerp(upsample2x(prev), img, alpha)
+            # one dtype: under bf16 autocast the two branches can differ (lerp refuses mixed dtypes)
+            img = torch.lerp(upsample2x(prev).to(img.dtype), img, alpha)
         return (img, feats) if features else img
 
 
@@ -283,7 +284,8 @@ class StyleEncoder(nn.Module):
         if alpha < 1.0 and lod > 0:
             w = (w1 + w2) * alpha
             low = lrelu(self.from_rgb[lod - 1](downsample2x(x)))
-            h = torch.lerp(low, h, alpha)
+            # the block's output is fp32 (its norm) while from_rgb's is bf16 under autocast
+            h = torch.lerp(low.to(h.dtype), h, alpha)
         else:
             w = w1 + w2
         for k in range(lod - 1, -1, -1):
