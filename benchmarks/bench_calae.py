@@ -28,13 +28,21 @@ Variants (``--variants``; the ablations change one thing of ``calae``):
   calae-pixel           pixel_weight=1: phase 4 adds mean (x̂ − x)² to PatchNCE
   calae-pixel-10, -100  pixel_weight=10, 100 (the mean squared error is ~0.3 per value: at 1 its
                         gradient is small beside the adversarial terms)
+  calae-patch           patch_weight=1: a patch discriminator on 16 px tiles of real images against
+                        reconstructions, with its generator-side term in phase 4
+  calae-patch-both      the same, P also judging samples G(F(z)) (patch_fakes=both)
 
 Results are written after every variant (``--merge`` keeps the other variants' rows of the file
 when it was measured at the same kimg, seed and growth), so a stopped run loses only the running
 variant. ``--pictures DIR`` saves one panel per variant: 8 real images over their reconstructions,
 16 samples (display truncation), and an interpolation between the codes of two real images.
 
-    python -m benchmarks.bench_calae [--kimg 5] [--variants alae,calae] [--merge] [--quick] [--report]
+    python -m benchmarks.bench_calae [--kimg 5] [--variants alae,calae] [--seeds 0,1,2] [--merge] [--quick] [--report]
+
+With several seeds every variant trains once per seed (the seed sets the initial weights, the
+draws and the evaluation sample alike) and the report adds a table of the mean and the standard
+deviation over seeds of the after-training figures, so a difference can be read against the
+seed-to-seed spread.
 
 Writes benchmarks/results/calae.json (--quick: calae_quick.json).
 """
@@ -65,6 +73,8 @@ VARIANTS = {
     "calae-pixel": ("calae-32", {"pixel_weight": 1.0}),
     "calae-pixel-10": ("calae-32", {"pixel_weight": 10.0}),
     "calae-pixel-100": ("calae-32", {"pixel_weight": 100.0}),
+    "calae-patch": ("calae-32", {"patch_weight": 1.0}),
+    "calae-patch-both": ("calae-32", {"patch_weight": 1.0, "patch_fakes": "both"}),
 }
 METRICS = ["recon", "swd_rec", "swd_gen", "fd_randconv", "disentangle"]
 
@@ -159,9 +169,9 @@ def run_variant(name: str, kimg: float, growth: float, seed: int, n_eval: int, t
         after = evaluation(m, ds, n_eval, seed)
         logged = [json.loads(line) for line in open(Path(tmp) / "run" / "stats.jsonl")]
     if pictures:
-        panel(m, ds, Path(pictures) / f"bench-calae-{name}.png", seed)
+        panel(m, ds, Path(pictures) / (f"bench-calae-{name}.png" if seed == 0 else f"bench-calae-{name}-s{seed}.png"), seed)
     last = logged[-1] if logged else {}
-    return {"variant": name, "preset": preset, "overrides": extra, "kimg": res["kimg"], "train_s": res["time_s"],
+    return {"variant": name, "seed": seed, "preset": preset, "overrides": extra, "kimg": res["kimg"], "train_s": res["time_s"],
             "wall_s": time.time() - t0, "model": trainer.resolved["model"], "before": before, "after": after,
             "last_logged": {k: v for k, v in last.items() if isinstance(v, (int, float))}}
 
@@ -173,19 +183,52 @@ DIS = [("DCI D", "disentangle/disentanglement", ".3f"), ("DCI C", "disentangle/c
        ("DCI I", "disentangle/informativeness", ".3f"), ("MIG", "disentangle/mig", ".3f")]
 
 
+def row_seed(r: dict, meta: dict) -> int:
+    """The seed of a row (files written before --seeds hold one seed, in the metadata)."""
+    return r.get("seed", meta.get("seed", 0))
+
+
+def seed_summary(rows: list[dict], meta: dict) -> list[dict]:
+    """Per variant, in row order: the after-training figures' mean and sample standard deviation
+    over its seeds (sd 0 for one seed), and train s."""
+    import statistics
+
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["variant"], []).append(r)
+    out = []
+    for v, rs in by.items():
+        s = {"variant": v, "seeds": sorted(row_seed(r, meta) for r in rs), "mean": {}, "sd": {}}
+        for _, k, _ in COLS + DIS + [("", "train_s", "")]:
+            vals = [float(r["train_s"] if k == "train_s" else r["after"][k]) for r in rs]
+            s["mean"][k] = statistics.fmean(vals)
+            s["sd"][k] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        out.append(s)
+    return out
+
+
 def table(rows: list[dict], meta: dict) -> str:
-    out = [f"\n{DATA} at 32 px, {meta['kimg']:g} kimg (growth {meta['growth_kimg']:g} kimg/level), seed "
-           f"{meta['seed']}, {meta['n_eval']} images; {meta['cpu']}, {meta['threads']} threads; before -> after",
-           "| variant | " + " | ".join(c[0] for c in COLS) + " | train s |",
-           "|---" * (len(COLS) + 2) + "|"]
+    seeds = meta.get("seeds", [meta.get("seed", 0)])
+    out = [f"\n{DATA} at 32 px, {meta['kimg']:g} kimg (growth {meta['growth_kimg']:g} kimg/level), seed(s) "
+           f"{','.join(map(str, seeds))}, {meta['n_eval']} images; {meta['cpu']}, {meta['threads']} threads; before -> after",
+           "| variant | seed | " + " | ".join(c[0] for c in COLS) + " | train s |",
+           "|---" * (len(COLS) + 3) + "|"]
     for r in rows:
         cells = [f"{r['before'][k]:{f}} → {r['after'][k]:{f}}" for _, k, f in COLS]
-        out.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {r['train_s']:.0f} |")
+        out.append(f"| {r['variant']} | {row_seed(r, meta)} | " + " | ".join(cells) + f" | {r['train_s']:.0f} |")
     out += ["", "Disentanglement of E(x) against the renderer's parameters (after training; before in brackets)",
-            "| variant | " + " | ".join(c[0] for c in DIS) + " |", "|---" * (len(DIS) + 1) + "|"]
+            "| variant | seed | " + " | ".join(c[0] for c in DIS) + " |", "|---" * (len(DIS) + 2) + "|"]
     for r in rows:
-        out.append(f"| {r['variant']} | " + " | ".join(f"{r['after'][k]:{f}} ({r['before'][k]:{f}})"
-                                                      for _, k, f in DIS) + " |")
+        out.append(f"| {r['variant']} | {row_seed(r, meta)} | " + " | ".join(
+            f"{r['after'][k]:{f}} ({r['before'][k]:{f}})" for _, k, f in DIS) + " |")
+    summ = seed_summary(rows, meta)
+    if any(len(s["seeds"]) > 1 for s in summ):
+        out += ["", "After training, mean ± sd over seeds",
+                "| variant | seeds | " + " | ".join(c[0] for c in COLS + DIS) + " | train s |",
+                "|---" * (len(COLS) + len(DIS) + 3) + "|"]
+        for s in summ:
+            cells = [f"{s['mean'][k]:{f}} ± {s['sd'][k]:{f}}" for _, k, f in COLS + DIS]
+            out.append(f"| {s['variant']} | {len(s['seeds'])} | " + " | ".join(cells) + f" | {s['mean']['train_s']:.0f} |")
     return "\n".join(out)
 
 
@@ -196,7 +239,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--growth-kimg", type=float, default=None,
                    help="kimg per level of progressive growing, the same for every variant (default 1)")
     p.add_argument("--variants", default=None, help=f"comma-separated, from {', '.join(VARIANTS)} (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0", help="comma-separated seeds; every variant trains once per seed (default 0)")
     p.add_argument("--n-eval", type=int, default=None, help="real images (and samples) per evaluation (1000)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
@@ -220,31 +263,38 @@ def main(argv=None) -> list[dict]:
     kimg = a.kimg if a.kimg is not None else (0.2 if a.quick else 5.0)
     growth = a.growth_kimg if a.growth_kimg is not None else (0.05 if a.quick else 1.0)
     n_eval = a.n_eval or (200 if a.quick else 1000)
+    try:
+        seeds = [int(v) for v in a.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds: expected comma-separated integers, got {a.seeds!r}") from None
     torch.set_num_threads(a.threads)
     path = Path(a.out or RESULTS / ("calae_quick.json" if a.quick else "calae.json"))
     meta = {"benchmark": "calae", "date": time.strftime("%Y-%m-%d"), "data": DATA, "resolution": 32, "kimg": kimg,
-            "growth_kimg": growth, "seed": a.seed, "n_eval": n_eval, "threads": a.threads, "cpu": cpu_model(),
+            "growth_kimg": growth, "seeds": seeds, "n_eval": n_eval, "threads": a.threads, "cpu": cpu_model(),
             "torch": torch.__version__, "precision": a.precision}
     rows: list[dict] = []
     if a.merge and path.exists():
         old = json.loads(path.read_text())
-        if (old.get("kimg"), old.get("seed"), old.get("growth_kimg"), old.get("n_eval"), old.get("precision", "fp32")) != \
-                (kimg, a.seed, growth, n_eval, a.precision):
+        if (old.get("kimg"), old.get("growth_kimg"), old.get("n_eval"), old.get("precision", "fp32")) != \
+                (kimg, growth, n_eval, a.precision):
             raise SystemExit(f"--merge: {path} was measured at {old.get('kimg')} kimg, growth {old.get('growth_kimg')}, "
-                             f"seed {old.get('seed')}, {old.get('n_eval')} images, {old.get('precision', 'fp32')}; rerun with those or without --merge")
-        rows = [r for r in old["rows"] if r["variant"] not in names]
+                             f"{old.get('n_eval')} images, {old.get('precision', 'fp32')}; rerun with those or without --merge")
+        rows = [{**r, "seed": row_seed(r, old)} for r in old["rows"]
+                if not (r["variant"] in names and row_seed(r, old) in seeds)]
+        meta["seeds"] = sorted(set(seeds) | {r["seed"] for r in rows})
     order = {v: i for i, v in enumerate(VARIANTS)}
-    for name in names:
-        t = time.time()
-        rows.append(run_variant(name, kimg, growth, a.seed, n_eval, a.threads, a.pictures, a.precision))
-        rows.sort(key=lambda r: order.get(r["variant"], 99))
-        r = rows[[x["variant"] for x in rows].index(name)]
-        print(f"{name}: {r['kimg']:.1f} kimg, train {r['train_s']:.0f} s, variant {time.time() - t:.0f} s; "
-              + ", ".join(f"{k} {r['before'][k]:.4g} -> {r['after'][k]:.4g}" for _, k, _ in COLS + DIS), flush=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps({**meta, "rows": rows}, indent=1))
-        os.replace(tmp, path)
+    for seed in seeds:
+        for name in names:
+            t = time.time()
+            r = run_variant(name, kimg, growth, seed, n_eval, a.threads, a.pictures, a.precision)
+            rows.append(r)
+            rows.sort(key=lambda x: (order.get(x["variant"], 99), x["seed"]))
+            print(f"{name} seed {seed}: {r['kimg']:.1f} kimg, train {r['train_s']:.0f} s, variant {time.time() - t:.0f} s; "
+                  + ", ".join(f"{k} {r['before'][k]:.4g} -> {r['after'][k]:.4g}" for _, k, _ in COLS + DIS), flush=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps({**meta, "rows": rows}, indent=1))
+            os.replace(tmp, path)
     print(table(rows, meta))
     print(f"\nwrote {path}")
     return rows

@@ -8,7 +8,7 @@ import torch
 from calae.config import ConfigError, TrainConfig, from_dict
 from calae.losses import hessian_penalty, patch_nce
 from calae.methods.base import StepContext
-from calae.methods.calae import CALAE, CALAEConfig, hessian_phase, nce_phase
+from calae.methods.calae import CALAE, CALAEConfig, gen_patch_phase, hessian_phase, nce_phase, patch_phase
 from calae.training import Trainer
 
 CTX = StepContext(step=0, kimg=1e6, total_kimg=1e6)  # past any growth: the last level
@@ -199,6 +199,86 @@ def test_nce_phase_trains_E_G_H_and_keys_are_stopped():
     assert out2["loss"].item() == pytest.approx(out["loss"].item(), rel=1e-6)
     for a, c in zip(g1, g2):
         assert (a is None) == (c is None) and (a is None or torch.allclose(a, c, atol=1e-6, rtol=1e-5))
+
+
+def test_patch_tiles_are_crops_of_the_full_resolution_image():
+    tr = make(patch_weight=1.0, patch_size=8)
+    m = tr.method
+    n, r = 5, 16
+    # every pixel holds its own (row, column): a tile is a crop iff its values step by one
+    rows = torch.arange(r).view(1, 1, r, 1).expand(n, 1, r, r).float()
+    cols = torch.arange(r).view(1, 1, 1, r).expand(n, 1, r, r).float()
+    img = torch.cat([rows, cols, rows * 0], 1)
+    torch.manual_seed(3)
+    t = m.tiles(img)
+    assert t.shape == (n, 3, 8, 8)
+    top, left = t[:, 0, 0, 0], t[:, 1, 0, 0]
+    assert torch.equal(t[:, 0], top.view(n, 1, 1) + torch.arange(8).view(1, 8, 1).float().expand(n, 8, 8))
+    assert torch.equal(t[:, 1], left.view(n, 1, 1) + torch.arange(8).view(1, 1, 8).float().expand(n, 8, 8))
+    assert len(set(top.tolist()) | set(left.tolist())) > 1  # positions drawn per image
+    torch.manual_seed(3)
+    assert torch.equal(m.tiles(img), t)  # from the global RNG: resumed runs draw the same tiles
+    # a lower growth level is upsampled to the data resolution first; the whole image when smaller
+    assert m.tiles(torch.zeros(2, 3, 4, 4)).shape == (2, 3, 8, 8)
+    assert make(patch_weight=1.0, patch_size=64).method.tiles(img).shape == (n, 3, 16, 16)
+
+
+@pytest.mark.parametrize("fakes", ["rec", "both"])
+def test_patch_discriminator_phases_gradient_isolation(fakes):
+    """Phase 'patch' trains P alone (its fakes carry no graph back to E, F or G); phase 4's
+    generator-side term softplus(−P(t(G(E(x))))) reaches E and G and not P; with fakes=both phase 2
+    adds it on its samples, reaching F and G only."""
+    tr = make(patch_weight=0.5, patch_size=8, patch_fakes=fakes, nce_weight=0.0, hessian_weight=0.0)
+    m, b = tr.method, tr.batch()
+    names = [p.name for p in tr.phases]
+    assert names == ["disc", "gen", "recip", "patch", "recon"]
+    ph = {p.name: p for p in tr.phases}
+    assert ph["patch"].nets == ("P",) and ph["recon"].nets == ("E", "G")
+    assert (ph["gen"].loss is gen_patch_phase) == (fakes == "both")
+    assert "P" in m.optimizers()["adam"].nets
+    nets = {k: list(m.nets[k].parameters()) for k in ("E", "D", "F", "G", "P")}
+
+    def reached(loss):
+        """Which networks the loss's gradient reaches among those that require it (a frozen net,
+        requires_grad off as the loop sets it for the nets a phase does not train, is not reached)."""
+        flat = [p for k in nets for p in nets[k] if p.requires_grad]
+        gs = dict(zip(map(id, flat), torch.autograd.grad(loss, flat, allow_unused=True, retain_graph=True)))
+        return {k: any(gs.get(id(p)) is not None and gs[id(p)].abs().sum() > 0 for p in ps)
+                for k, ps in nets.items()}
+
+    torch.manual_seed(1)
+    out = patch_phase(m, b, CTX)
+    assert out["r1"] > 0 and torch.isfinite(out["loss"])
+    assert reached(out["loss"]) == {"E": False, "D": False, "F": False, "G": False, "P": True}
+    tr.set_trainable(("E", "G"))  # as the loop runs phase 4: P frozen
+    assert not any(p.requires_grad for p in nets["P"])
+    torch.manual_seed(1)
+    out = nce_phase(m, b, CTX)
+    got = reached(out["loss"])
+    assert got["E"] and got["G"] and not got["P"] and not got["F"] and not got["D"]
+    assert out["loss"].item() == pytest.approx(0.5 * out["patch_g"].item(), rel=1e-6)
+    if fakes == "both":
+        tr.set_trainable(("F", "G"))
+        torch.manual_seed(1)
+        out = gen_patch_phase(m, b, CTX)
+        got = reached(out["loss"])
+        assert got["F"] and got["G"] and not (got["E"] or got["D"] or got["P"])
+        assert "patch_g" in out and out["loss"] > 0.5 * out["patch_g"]
+
+
+def test_calae_trains_and_resumes_exactly_with_the_patch_discriminator(tmp_path):
+    kw = dict(patch_weight=0.5, patch_size=8, patch_fakes="both", patch_channels=8, hessian_weight=0.0)
+    full = make(tmp_path / "full", kimg=0.096, **kw)
+    full.run()
+    half = make(tmp_path / "half", kimg=0.096, **kw)
+    half.run(stop_at_step=6)
+    again = make(tmp_path / "half", kimg=0.096, **kw)
+    again.run()
+    for k in ("P", "G", "E"):
+        for a, c in zip(full.method.nets[k].state_dict().values(), again.method.nets[k].state_dict().values()):
+            assert torch.equal(a, c), k
+    stats = [__import__("json").loads(s) for s in (tmp_path / "full" / "stats.jsonl").read_text().splitlines()]
+    assert any("patch/r1" in s for s in stats) and any("recon/patch_g" in s for s in stats)
 
 
 def test_calae_reconstruction_improves_on_tiny_fractals(tmp_path):

@@ -21,13 +21,22 @@ see "not copied" below):
                ``hessian_wrt="z"`` the derivative is taken through F (F learns too). G's injected
                noise is drawn once and frozen across the 2k + 1 calls, or the differences would
                measure the noise.
+  6. P         softplus(P(t(x̃))) + softplus(−P(t(x))) + γ_P/2·E‖∇ P(t(x))‖²   (``patch_weight`` > 0)
+               Patch discriminator: P is an image discriminator (``nets.discriminator``) on tiles
+               t(·), random ``patch_size``-pixel squares of the images at the data resolution (the
+               current growth level's image, nearest-upsampled, so that real and generated tiles
+               went through the same resampling); x̃ are the reconstructions G(E(x)) (and, with
+               ``patch_fakes=both``, samples G(F(z))), made without gradient. Its generator-side
+               term, the one the original code lacked, is in phase 4: λ_P·softplus(−P(t(x̂))) with P
+               frozen, so the gradient reaches G and E through x̂ only (and phase 2 gets
+               λ_P·softplus(−P(t(G(F(z))))) with ``patch_fakes=both``).
   prior        z ~ p(z) for F from the priors registry (``prior``: gaussian, ifs, sierpinski, kali, ...):
                seed 000's "fractal distribution as a prior in place of the usual Gaussian".
 
 Not copied from the original code (methods.md §4): its reconstruction codes tiled across the batch
 (here each image has its own w), PatchNCE positives taken from two unrelated generated images (here
 x and its own reconstruction), Hessian paths that never ran (here a phase of its own the loop
-runs), a patch discriminator detached from G.
+runs), a patch discriminator detached from G (here it trains G through its own non-saturating term).
 """
 from __future__ import annotations
 
@@ -39,7 +48,8 @@ from torch import nn
 
 from ..config import ConfigError, add_preset, add_tiny, check_choice, check_range
 from ..data.base import Batch, DataInfo
-from ..losses import hessian_penalty, patch_nce
+from ..losses import hessian_penalty, nonsat_logistic, patch_nce, r1_penalty
+from ..nets.discriminator import ImageDiscriminator
 from ..nets.layers import EqLinear
 from ..nets.style import broadcast_styles
 from ..registry import METHODS, PRESETS, register
@@ -72,6 +82,12 @@ class CALAEConfig(ALAEConfig):
     hessian_k: int = 2
     hessian_eps: float = 0.1
     hessian_batch: int = 0  # images per evaluation (0: the batch)
+    # patch discriminator (phase 6 and a generator-side term in phase 4)
+    patch_weight: float = 0.0  # λ_P of the generator-side term; 0: no patch discriminator
+    patch_size: int = 16  # tile side in data pixels (the whole image when the data is smaller)
+    patch_fakes: str = "rec"  # what P sees as generated: rec (G(E(x))) | both (also samples G(F(z)))
+    patch_r1: float = 1.0  # γ_P of P's R1 penalty on real tiles
+    patch_channels: int = 32  # P's first width (doubling per level, at most 4x)
 
     def __post_init__(self):
         super().__post_init__()
@@ -89,6 +105,11 @@ class CALAEConfig(ALAEConfig):
         check_range("hessian_k", self.hessian_k, 2, 64)
         check_range("hessian_eps", self.hessian_eps, 0, 10, lo_open=True)
         check_range("hessian_batch", self.hessian_batch, 0)
+        check_range("patch_weight", self.patch_weight, 0)
+        check_range("patch_size", self.patch_size, 4, 4096)
+        check_choice("patch_fakes", self.patch_fakes, ("rec", "both"))
+        check_range("patch_r1", self.patch_r1, 0)
+        check_range("patch_channels", self.patch_channels, 1, 1024)
 
 
 class PatchHead(nn.Module):
@@ -110,24 +131,36 @@ class CALAE(ALAE):
 
     def __init__(self, cfg: CALAEConfig, info: DataInfo):
         super().__init__(cfg, info)
-        if cfg.nce_weight > 0 or cfg.pixel_weight > 0:
+        if self.has_recon:
             if self.arch != "style":
                 raise ConfigError("calae's reconstruction phase reads the style encoder's feature maps: use "
-                                  "arch=style (or --set nce_weight=0 pixel_weight=0 for a plain ALAE)")
-            # one head per encoder level, on the channels that level outputs
-            self.nets["H"] = nn.ModuleList(PatchHead(cout, cfg.nce_dim) for _, cout in self.nets["E"].chans)
+                                  "arch=style (or --set nce_weight=0 pixel_weight=0 patch_weight=0 for a plain ALAE)")
+            if cfg.nce_weight > 0:  # one head per encoder level, on the channels that level outputs
+                self.nets["H"] = nn.ModuleList(PatchHead(cout, cfg.nce_dim) for _, cout in self.nets["E"].chans)
+        if cfg.patch_weight > 0:
+            self.patch = min(cfg.patch_size, info.resolution)
+            self.nets["P"] = ImageDiscriminator(info.channels, self.patch, cfg.patch_channels, 4 * cfg.patch_channels,
+                                                hidden=4 * cfg.patch_channels)
+
+    @property
+    def has_recon(self) -> bool:
+        c = self.cfg
+        return c.nce_weight > 0 or c.pixel_weight > 0 or c.patch_weight > 0
 
     def optimizers(self):
         opt = super().optimizers()
-        if "H" in self.nets:
-            spec = opt["adam"]
-            spec.nets = tuple(spec.nets) + ("H",)
+        spec = opt["adam"]
+        spec.nets = tuple(spec.nets) + tuple(n for n in ("H", "P") if n in self.nets)
         return opt
 
     def phases(self):
         ph = super().phases()
         c = self.cfg
-        if c.nce_weight > 0 or c.pixel_weight > 0:
+        if c.patch_weight > 0:
+            if c.patch_fakes == "both":  # phase 2 also answers P on samples
+                ph[[p.name for p in ph].index("gen")] = Phase("gen", self._trained("F", "G"), "adam", gen_patch_phase)
+            ph.append(Phase("patch", ("P",), "adam", patch_phase))
+        if self.has_recon:
             ph.append(Phase("recon", ("E", "G", "H") if c.nce_weight > 0 else ("E", "G"), "adam", nce_phase))
         if c.hessian_weight > 0:
             nets = self._trained("F", "G") if c.hessian_wrt == "z" else ("G",)
@@ -145,6 +178,26 @@ class CALAE(ALAE):
         G = self.nets["G"]
         img, feats = G(broadcast_styles(w, G.num_ws), lod, alpha, noise, features=True)
         return list(feats) + [img]
+
+    def tiles(self, img: torch.Tensor) -> torch.Tensor:
+        """Random ``patch_size`` squares [N, C, p, p] of images at the current level, one per image
+        at a position drawn from the global RNG (exact resume); the level's image is first
+        nearest-upsampled to the data resolution, so tiles cover the same share of every level."""
+        img = self.to_full(img)
+        n, c, h, w = img.shape
+        p = self.patch
+        if p >= h and p >= w:
+            return img
+        i = torch.randint(0, h - p + 1, (n, 1)).to(img.device)
+        j = torch.randint(0, w - p + 1, (n, 1)).to(img.device)
+        ar = torch.arange(p, device=img.device)
+        rows, cols = (i + ar)[:, None, :, None], (j + ar)[:, None, None, :]
+        return img[torch.arange(n, device=img.device)[:, None, None, None],
+                   torch.arange(c, device=img.device)[None, :, None, None], rows, cols]
+
+    def patch_logit(self, img: torch.Tensor) -> torch.Tensor:
+        """P on tiles of img (one set): logit [N], float32."""
+        return self.nets["P"].run(self.tiles(img))[1]
 
 
 # ---- the phases CALAE adds (1-3 are ALAE's) ------------------------------------------------------
@@ -172,7 +225,46 @@ def nce_phase(m: CALAE, batch: Batch, ctx: StepContext) -> dict:
         pix = (x_rec.float() - x.float()).pow(2).mean()
         loss = loss + c.pixel_weight * pix
         out["pixel"] = pix
+    if c.patch_weight > 0:
+        # P is not in this phase's networks (frozen): its gradient reaches x̂, hence G and E, only
+        g_adv = nonsat_logistic(m.patch_logit(x_rec), real=True)
+        loss = loss + c.patch_weight * g_adv
+        out["patch_g"] = g_adv
     return {"loss": loss, **out}
+
+
+def patch_phase(m: CALAE, batch: Batch, ctx: StepContext) -> dict:
+    """Phase 6, P: softplus(P(t(x̃))) + softplus(−P(t(x))) + γ_P/2·E‖∇_t P(t(x))‖², x̃ = G(E(x))
+    (and G(F(z)) with patch_fakes=both), generated without gradient."""
+    c = m.cfg
+    lod, alpha = m.level(ctx)
+    x = m.real_at(batch.x, lod, alpha)
+    n = x.shape[0]
+    with torch.no_grad():  # fakes made without gradient: this phase trains P only
+        G = m.nets["G"]
+        fakes = [m.generate(broadcast_styles(m.nets["E"](x, lod, alpha), G.num_ws), lod, alpha)]
+        if c.patch_fakes == "both":
+            fakes.append(m.generate(m.styles(m.draw_z(n), lod, mixing=True), lod, alpha))
+        fake_t = torch.cat([m.tiles(f) for f in fakes])
+    # a fresh leaf: R1 takes the gradient of P's logit with respect to the real tiles' pixels
+    real_t = m.tiles(x).detach().requires_grad_(c.patch_r1 > 0)
+    _, logit = m.nets["P"].run(torch.cat([real_t, fake_t.to(real_t.dtype)]), set_size=n)
+    real_logit, fake_logit = logit[:n], logit[n:]
+    adv = nonsat_logistic(fake_logit, real=False) + nonsat_logistic(real_logit, real=True)
+    r1 = r1_penalty(real_logit, real_t) if c.patch_r1 > 0 else torch.zeros((), device=x.device)
+    return {"loss": adv + 0.5 * c.patch_r1 * r1, "adv": adv, "r1": r1, "real": real_logit.mean(),
+            "fake": fake_logit.mean()}
+
+
+def gen_patch_phase(m: CALAE, batch: Batch, ctx: StepContext) -> dict:
+    """Phase 2 with patch_fakes=both, F and G: ALAE's softplus(−D(E(G(F(z))))) plus
+    λ_P·softplus(−P(t(G(F(z))))) on the same samples (E, D and P frozen: not this phase's nets)."""
+    lod, alpha = m.level(ctx)
+    fake = m.generate(m.styles(m.draw_z(batch.x.shape[0]), lod, mixing=True), lod, alpha)
+    logit = m.critic(fake, lod, alpha)
+    g_adv = nonsat_logistic(m.patch_logit(fake), real=True)
+    return {"loss": nonsat_logistic(logit, real=True) + m.cfg.patch_weight * g_adv, "fake": logit.mean(),
+            "patch_g": g_adv}
 
 
 def hessian_phase(m: CALAE, batch: Batch, ctx: StepContext) -> dict:
