@@ -243,3 +243,44 @@ def test_class_subfolders_stay_unlabelled(tmp_path):
     ds = ImageFolder(tmp_path, resolution=8)
     assert ds.info.num_classes == 0 and ds.get([0, 1]).y is None
     assert [p.relative_to(tmp_path).as_posix() for p in scan_images(tmp_path)] == ["cats/0.png", "dogs/0.png"]
+
+
+def test_multi_crop_views_are_fixed_crops_of_each_image(tmp_path):
+    """crops=N: N items per file, each a crop of the source (a unique-value image proves where it
+    came from), the same positions for the same seed wherever the folder sits, other positions for
+    another seed; cached and streamed agree; too-small images are skipped with one warning."""
+    from calae.data import open_dataset
+    from calae.data.base import crop_boxes
+
+    (tmp_path / "f").mkdir()
+    # value of every pixel identifies its column (R) and row (G): 64 x 48 source
+    cols = np.tile(np.arange(64, dtype=np.uint8) * 4, (48, 1))
+    rows = np.tile((np.arange(48, dtype=np.uint8) * 5)[:, None], (1, 64))
+    Image.fromarray(np.stack([cols, rows, np.zeros_like(cols)], -1), "RGB").save(tmp_path / "f" / "a.png")
+    _noise((40, 40), seed=1).save(tmp_path / "f" / "b.png")
+    ds = ImageFolder(tmp_path / "f", resolution=16, channels=3, crops=3, crop=16, seed=7)
+    assert len(ds) == 6 and ds.get(list(range(6))).x.shape == (6, 3, 16, 16)
+    boxes = crop_boxes(7, "a.png", 0, 3, 16, 64, 48)
+    for k, (left, top, _, _) in enumerate(boxes):  # a 16 px crop at 16 px: the source pixels exactly
+        x = ds.get([k]).x[0].int()
+        assert torch.equal(x[0], torch.from_numpy(cols[top:top + 16, left:left + 16]).int())
+        assert torch.equal(x[1], torch.from_numpy(rows[top:top + 16, left:left + 16]).int())
+    assert len({tuple(b) for b in boxes}) == 3
+    other = ImageFolder(tmp_path / "f", resolution=16, channels=3, crops=3, crop=16, seed=8)
+    assert not torch.equal(other.get([0, 1, 2]).x, ds.get([0, 1, 2]).x)
+    stream = ImageFolder(tmp_path / "f", resolution=16, channels=3, crops=3, crop=16, seed=7, cache=False)
+    assert torch.equal(stream.get([5, 0, 3, 1]).x, ds.get([5, 0, 3, 1]).x)
+    # a bigger crop resized down; `crop` alone takes one view, `crops` alone half the short side
+    assert ImageFolder(tmp_path / "f", resolution=8, crops=2, crop=32).get([0, 1, 2, 3]).x.shape == (4, 3, 8, 8)
+    assert len(ImageFolder(tmp_path / "f", resolution=8, crop=20)) == 2
+    assert len(ImageFolder(tmp_path / "f", resolution=8, crops=4)) == 8
+    with pytest.warns(BadImageWarning, match="smaller than crop=44"):
+        small = ImageFolder(tmp_path / "f", resolution=8, crops=2, crop=44)
+    assert len(small) == 2  # b.png (40x40) skipped
+    # through the data spec, as `--data 'PATH?crops=3,crop=16'` passes it, with the run's seed
+    spec = open_dataset(f"{tmp_path / 'f'}?crops=3,crop=16", resolution=16, seed=7)
+    assert torch.equal(spec.get([0, 4]).x, ds.get([0, 4]).x)
+    with pytest.raises(DataError, match="not crops= or crop="):
+        open_dataset(f"{tmp_path / 'f'}?every=3", resolution=16)
+    with pytest.raises(DataError, match="crops must be a whole number"):
+        open_dataset(f"{tmp_path / 'f'}?crops=0", resolution=16)

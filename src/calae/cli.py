@@ -16,7 +16,7 @@ from . import __version__
 
 DEMO_SECONDS = 120.0  # `calae demo`'s default training time
 EPILOG = ("Data specs: fractals[:kali|julia|mandelbrot|mix], mnist:DIR, digits, toy:NAME, "
-          "video:PATH[?every=K,start=S,end=S,crops=N,crop=SIDE] (pip install 'calae[video]'), or a folder of images.")
+          "video:PATH[?every=K,start=S,end=S,crops=N,crop=SIDE] (pip install 'calae[video]'), or a folder of images PATH[?crops=N,crop=SIDE] (N fixed random SIDE-pixel crops of each image).")
 
 
 TRAIN_DESCRIPTION = ("Train a model. Where a setting is given more than once, an explicit flag (or --set) wins "

@@ -6,7 +6,7 @@ Specs:
   digits                                                 scikit-learn's bundled 8x8 digits
   toy:8gaussians | toy:2spirals | toy:checkerboard | toy:rings                  2-D points
   video:PATH[?every=K,start=S,end=S,crops=N,crop=SIDE]     frames of a video file or folder
-  any other string                                                         a folder of images
+  PATH[?crops=N,crop=SIDE]                  a folder of images (multi-crop views: N per image)
 """
 from __future__ import annotations
 
@@ -89,13 +89,15 @@ def _toy(arg: str, resolution=None, channels=None, n: int | None = None, seed: i
 
 
 @register(DATASETS, "folder")
-def _folder(arg: str, resolution: int, channels: int, fit: str = "crop", n: int | None = None, **kw) -> Dataset:
-    from .folder import ImageFolder
+def _folder(arg: str, resolution: int, channels: int, fit: str = "crop", n: int | None = None, seed: int = 0,
+            **kw) -> Dataset:
+    from .folder import ImageFolder, parse_folder_spec
     from .video import VIDEO_EXTENSIONS
 
-    if arg.lower().endswith(VIDEO_EXTENSIONS):
-        raise DataError(f"{arg} is a video; train on its frames with --data video:{arg}")
-    return ImageFolder(arg, resolution=resolution, channels=channels, fit=fit, limit=n)
+    path, opts = parse_folder_spec(arg)
+    if path.lower().endswith(VIDEO_EXTENSIONS):
+        raise DataError(f"{path} is a video; train on its frames with --data video:{path}")
+    return ImageFolder(path, resolution=resolution, channels=channels, fit=fit, limit=n, seed=seed, **opts)
 
 
 @register(DATASETS, "video")

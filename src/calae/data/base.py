@@ -12,8 +12,10 @@ device, in :func:`to_model_range`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import zlib
 from typing import Sequence
 
+import numpy as np
 import torch
 
 
@@ -135,3 +137,13 @@ def from_model_range(x: torch.Tensor, value_range: str = "tanh") -> torch.Tensor
     else:
         x = (x + 1.0) * 127.5
     return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def crop_boxes(seed: int, name: str, frame_no: int, n: int, side: int, w: int, h: int) -> list[tuple]:
+    """n square crop boxes (left, top, right, bottom) of ``side`` pixels in a w x h image, from
+    (seed, name, frame number) alone: the same for a file wherever it sits in a folder (video
+    frames and folder images' multi-crop views, whose caches are keyed by path, not position)."""
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode()), frame_no, 0xC0])
+    xs = rng.integers(0, w - side + 1, size=n)
+    ys = rng.integers(0, h - side + 1, size=n)
+    return [(int(x), int(y), int(x) + side, int(y) + side) for x, y in zip(xs, ys)]

@@ -32,6 +32,13 @@ Decisions (documented so they can be relied on):
   image, so ``len(ds)`` never changes mid-training.
 * ``limit=n`` keeps the first ``n`` files of the sorted list (bad ones among them are dropped, so
   the result can be smaller than ``n``).
+* Multi-crop views (``crops=N``, ``crop=SIDE``; spec ``PATH?crops=5,crop=256``): each file gives
+  N items, square crops of SIDE source pixels (default half the image's short side; ``crop`` alone
+  takes one) resized to the resolution, as seed 000's loader took several random crops of each
+  image, so a small folder of large images trains at full detail.  The positions come from
+  (``seed``, the file's path relative to the folder, crop number): the same crops every run for a
+  seed and wherever the folder is.  Item ``i`` is crop ``i % N`` of file ``i // N``; an image
+  smaller than SIDE is a bad file (skipped with one warning).
 """
 from __future__ import annotations
 
@@ -47,10 +54,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .base import Batch, DataError, DataInfo, Dataset, check_image_args
+from .base import Batch, DataError, DataInfo, Dataset, check_image_args, crop_boxes
 
 __all__ = ["ImageFolder", "BadImageWarning", "IMAGE_EXTENSIONS", "FITS", "DEFAULT_MAX_PIXELS",
-           "DEFAULT_CACHE_BYTES", "scan_images", "load_image"]
+           "DEFAULT_CACHE_BYTES", "scan_images", "load_image", "parse_folder_spec"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 FITS = ("crop", "pad", "stretch")
@@ -187,19 +194,53 @@ def load_image(path: str | os.PathLike, resolution: int, channels: int = 3, fit:
         raise DataError(f"{path} {e}") from None
 
 
+def parse_folder_spec(arg: str) -> tuple[str, dict]:
+    """'photos/?crops=5,crop=256' -> ('photos/', {'crops': 5, 'crop': 256}); a path that exists
+    as written (even with a '?' in its name) has no options."""
+    path, sep, opts = str(arg).rpartition("?")
+    if not sep or os.path.exists(os.path.expanduser(str(arg))):
+        return str(arg), {}
+    out: dict = {}
+    for item in filter(None, (t.strip() for t in opts.split(","))):
+        key, eq, val = (v.strip() for v in item.partition("="))
+        if key not in ("crops", "crop") or not eq:
+            raise DataError(f"folder option {item!r} is not crops= or crop= (e.g. {path}?crops=5,crop=256)")
+        try:
+            v = int(val)
+            if v < 1:
+                raise ValueError
+        except ValueError:
+            raise DataError(f"folder option {key} must be a whole number >= 1, got {val!r}") from None
+        out[key] = v
+    return path, out
+
+
+def _views(im: Image.Image, resolution: int, fit: str, crops: int, crop: int | None, seed: int,
+           name: str) -> list[Image.Image]:
+    """The items one decoded image gives: itself fitted to the square, or its multi-crop views."""
+    if not crops:
+        return [_fit(im, resolution, fit)]
+    w, h = im.size
+    side = crop or max(1, min(w, h) // 2)
+    if side > min(w, h):
+        raise _BadImage(f"is {w}x{h}, smaller than crop={side}; use a smaller crop= or drop the file")
+    return [_fit(im.crop(box), resolution, "stretch") for box in crop_boxes(seed, name, 0, crops, side, w, h)]
+
+
 def _decode(path: Path, resolution: int, channels: int, fit: str, max_pixels: int | None,
-            background: tuple[int, int, int]) -> np.ndarray:
+            background: tuple[int, int, int], crops: int = 0, crop: int | None = None, seed: int = 0,
+            name: str = "") -> np.ndarray:
+    """One file -> uint8 [C, R, R], or [crops, C, R, R] with multi-crop views."""
     im = _open_checked(path, max_pixels)
     try:
         with im:
-            if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK", "YCbCr"):
+            if im.format == "JPEG" and im.mode in ("RGB", "L", "CMYK", "YCbCr") and not crops:
                 # DCT-domain downscale for big photos; keeps >= 2x the target on both sides
                 im.draft(im.mode, (2 * resolution, 2 * resolution))
             im.load()  # full decode: truncated files raise here
             im = ImageOps.exif_transpose(im)
             im = _to_mode(im, channels, background)
-            im = _fit(im, resolution, fit)
-            a = np.asarray(im, dtype=np.uint8)
+            views = [np.asarray(v, dtype=np.uint8) for v in _views(im, resolution, fit, crops, crop, seed, name)]
     except _BadImage:
         raise
     except Image.DecompressionBombError as e:
@@ -208,13 +249,10 @@ def _decode(path: Path, resolution: int, channels: int, fit: str, max_pixels: in
         raise _BadImage("could not be decoded (out of memory)") from None
     except Exception as e:
         raise _BadImage(_reason(e)) from None
-    if a.ndim == 2:
-        a = a[None]
-    else:
-        a = a.transpose(2, 0, 1)
-    if a.shape != (channels, resolution, resolution):  # pragma: no cover - defensive
-        raise _BadImage(f"decoded to an unexpected shape {a.shape}")
-    return np.ascontiguousarray(a)
+    views = [a[None] if a.ndim == 2 else a.transpose(2, 0, 1) for a in views]
+    if any(a.shape != (channels, resolution, resolution) for a in views):  # pragma: no cover - defensive
+        raise _BadImage(f"decoded to an unexpected shape {views[0].shape}")
+    return np.ascontiguousarray(np.stack(views) if crops else views[0])
 
 
 def _probe(path: Path, max_pixels: int | None) -> None:
@@ -260,7 +298,8 @@ class ImageFolder(Dataset):
     def __init__(self, path: str | os.PathLike, resolution: int = 64, channels: int = 3, fit: str = "crop",
                  limit: int | None = None, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  background: str | Sequence[int] = "black", cache: bool | None = None,
-                 cache_bytes: int | None = None, workers: int = _WORKERS, progress: bool | None = None):
+                 cache_bytes: int | None = None, workers: int = _WORKERS, progress: bool | None = None,
+                 crops: int | None = None, crop: int | None = None, seed: int = 0):
         root = Path(os.path.expanduser(str(path)))
         if fit not in FITS:
             raise DataError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
@@ -277,6 +316,15 @@ class ImageFolder(Dataset):
         self.max_pixels = max_pixels
         self.background = _background(background)
         self.workers = max(1, int(workers))
+        if crop is not None and crops is None:
+            crops = 1
+        for k, v in (("crops", crops), ("crop", crop)):
+            if v is not None and int(v) < 1:
+                raise DataError(f"{k} must be a whole number >= 1, got {v}")
+        self.crops = int(crops or 0)  # 0: one item per file
+        self.crop = None if crop is None else int(crop)
+        self.seed = int(seed)
+        self.views = max(1, self.crops)  # items per file
         try:
             os.listdir(root)  # os.walk would hide an unreadable folder as an empty one
         except OSError as e:
@@ -289,7 +337,7 @@ class ImageFolder(Dataset):
             files = files[: int(limit)]
         n_found = len(files)
         show = (n_found > _PROGRESS_MIN) if progress is None else bool(progress)
-        item_bytes = self.channels * self.resolution * self.resolution
+        item_bytes = self.channels * self.resolution * self.resolution * self.views
         do_cache = (n_found * item_bytes <= _cache_budget(cache_bytes)) if cache is None else bool(cache)
 
         self.skipped: list[tuple[Path, str]] = []
@@ -303,9 +351,9 @@ class ImageFolder(Dataset):
             self._record_bad(files, results)
             self.files = [p for p, _ in good]
             if good:
-                x = np.empty((len(good), self.channels, self.resolution, self.resolution), np.uint8)
+                x = np.empty((len(good) * self.views, self.channels, self.resolution, self.resolution), np.uint8)
                 for i, (_, a) in enumerate(good):
-                    x[i] = a
+                    x[i * self.views:(i + 1) * self.views] = a.reshape(self.views, *x.shape[1:])
                 self._x = torch.from_numpy(x)
         else:
             results = self._map(self._probe_one, files, show, "checking images")
@@ -321,8 +369,10 @@ class ImageFolder(Dataset):
 
     # -- decoding -------------------------------------------------------------------------------
     def _decode_one(self, path: Path):
+        """uint8 [views, C, R, R] (or [C, R, R] without crops), or the reason it is unusable."""
         try:
-            return _decode(path, self.resolution, self.channels, self.fit, self.max_pixels, self.background)
+            return _decode(path, self.resolution, self.channels, self.fit, self.max_pixels, self.background,
+                           self.crops, self.crop, self.seed, path.relative_to(self.root).as_posix())
         except _BadImage as e:
             return str(e)
 
@@ -349,16 +399,17 @@ class ImageFolder(Dataset):
 
     # -- Dataset API ----------------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) * self.views
 
     def get(self, indices) -> Batch:
         idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
-        n = len(self.files)
+        n = len(self)
         if idx.numel() and (int(idx.min()) < -n or int(idx.max()) >= n):
             raise IndexError(f"index out of range for a folder of {n} images")
         if self._x is not None:
             return Batch(self._x[idx])
-        wanted = [int(i) % n for i in idx.tolist()]
+        items = [int(i) % n for i in idx.tolist()]
+        wanted = [i // self.views for i in items]  # files; the LRU holds a file's views together
         out = np.empty((len(wanted), self.channels, self.resolution, self.resolution), np.uint8)
         unique = list(dict.fromkeys(wanted))
         missing = [i for i in unique if self._lru_get(i) is None]
@@ -366,11 +417,11 @@ class ImageFolder(Dataset):
             decoded = self._map(self._decode_index, missing, False, "")
             for i, a in zip(missing, decoded):
                 self._lru_put(i, a)
-        for k, i in enumerate(wanted):
+        for k, (i, item) in enumerate(zip(wanted, items)):
             a = self._lru_get(i)
             if a is None:  # evicted by a huge batch: decode directly
                 a = self._decode_index(i)
-            out[k] = a
+            out[k] = a[item % self.views] if self.crops else a
         return Batch(torch.from_numpy(out))
 
     def _decode_index(self, i: int) -> np.ndarray:

@@ -44,14 +44,13 @@ import hashlib
 import json
 import os
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .base import Batch, DataError, DataInfo, Dataset, check_image_args
+from .base import Batch, DataError, DataInfo, Dataset, check_image_args, crop_boxes
 from .folder import FITS, _cache_budget, _fit, _to_mode
 
 __all__ = ["VideoFrames", "BadVideoWarning", "VIDEO_EXTENSIONS", "parse_video_spec", "scan_videos",
@@ -151,15 +150,6 @@ def _reason(e: BaseException) -> str:
     if "invalid data" in low or "moov atom" in low or "end of file" in low:
         return "is not a readable video (corrupt, truncated, or not a video file)"
     return f"could not be decoded ({type(e).__name__}: {msg})" if msg else f"could not be decoded ({type(e).__name__})"
-
-
-def _crop_boxes(seed: int, name: str, frame_no: int, n: int, side: int, w: int, h: int) -> list[tuple]:
-    """Crop positions from (seed, file name, frame number): the same for a file wherever it sits
-    in a folder, so they agree with its cache file (keyed by path, not by position)."""
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(name.encode()), frame_no, 0xC0])
-    xs = rng.integers(0, w - side + 1, size=n)
-    ys = rng.integers(0, h - side + 1, size=n)
-    return [(int(x), int(y), int(x) + side, int(y) + side) for x, y in zip(xs, ys)]
 
 
 class VideoFrames(Dataset):
@@ -374,7 +364,7 @@ class VideoFrames(Dataset):
             if side > min(w, h):
                 raise DataError(f"{p}: crop={side} is larger than the frame ({w}x{h}); use crop<={min(w, h)}")
             outs = []
-            for box in _crop_boxes(self.seed, p.name, k, self.crops, side, w, h):
+            for box in crop_boxes(self.seed, p.name, k, self.crops, side, w, h):
                 c = im.crop(box)
                 if side != R:
                     c = c.resize((R, R), Image.LANCZOS, reducing_gap=3.0)
