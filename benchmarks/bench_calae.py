@@ -28,9 +28,13 @@ Variants (``--variants``; the ablations change one thing of ``calae``):
   calae-pixel           pixel_weight=1: phase 4 adds mean (x̂ − x)² to PatchNCE
   calae-pixel-10, -100  pixel_weight=10, 100 (the mean squared error is ~0.3 per value: at 1 its
                         gradient is small beside the adversarial terms)
+  calae-nce-batch       nce_negatives=batch: PatchNCE's negatives also from the other images of the
+                        batch, the same location included, so that a key cannot be told from its
+                        negatives by its position alone
   calae-patch           patch_weight=1: a patch discriminator on 16 px tiles of real images against
                         reconstructions, with its generator-side term in phase 4
   calae-patch-both      the same, P also judging samples G(F(z)) (patch_fakes=both)
+  calae-nce-batch-patch nce_negatives=batch and patch_weight=1
 
 Results are written after every variant (``--merge`` keeps the other variants' rows of the file
 when it was measured at the same kimg, seed and growth), so a stopped run loses only the running
@@ -73,8 +77,10 @@ VARIANTS = {
     "calae-pixel": ("calae-32", {"pixel_weight": 1.0}),
     "calae-pixel-10": ("calae-32", {"pixel_weight": 10.0}),
     "calae-pixel-100": ("calae-32", {"pixel_weight": 100.0}),
+    "calae-nce-batch": ("calae-32", {"nce_negatives": "batch"}),
     "calae-patch": ("calae-32", {"patch_weight": 1.0}),
     "calae-patch-both": ("calae-32", {"patch_weight": 1.0, "patch_fakes": "both"}),
+    "calae-nce-batch-patch": ("calae-32", {"nce_negatives": "batch", "patch_weight": 1.0}),
 }
 METRICS = ["recon", "swd_rec", "swd_gen", "fd_randconv", "disentangle"]
 
@@ -110,6 +116,13 @@ def held_out_hessian(method, n: int = 64, seed: int = 987_654, draws: int = 4) -
     return {"total": sum(layers), "per_output": layers}
 
 
+def spread(x: torch.Tensor, n: int = 256) -> float:
+    """Mean pairwise RMS distance of the first n images (uint8 scale): how different they are."""
+    v = x[:n].float().flatten(1) / 255.0
+    d = torch.cdist(v, v) / v.shape[1] ** 0.5
+    return float(d.sum() / (len(v) * (len(v) - 1)))
+
+
 def evaluation(method, dataset, n: int, seed: int) -> dict:
     from calae.api import Model, inference
     from calae.metrics import evaluate
@@ -124,6 +137,7 @@ def evaluation(method, dataset, n: int, seed: int) -> dict:
     p_real, f_real = hf_power(x)
     p_rec, f_rec = hf_power(rec)
     out["hf_rec/ratio"] = p_rec / max(p_real, 1e-20)
+    out["rec_spread"] = spread(rec) / max(spread(x), 1e-20)
     out["hf_rec/frac_ratio"] = f_rec / max(f_real, 1e-20)
     hp = held_out_hessian(method)
     out["hessian/total"], out["hessian/per_output"] = hp["total"], hp["per_output"]
@@ -177,10 +191,15 @@ def run_variant(name: str, kimg: float, growth: float, seed: int, n_eval: int, t
 
 
 COLS = [("PSNR", "recon/psnr", ".2f"), ("SSIM", "recon/ssim", ".3f"), ("SWD rec", "swd_rec/avg", ".1f"),
-        ("HF rec/data", "hf_rec/ratio", ".3f"), ("SWD gen", "swd_gen/avg", ".1f"), ("FD randconv", "fd_randconv/fd", ".3g"),
+        ("HF rec/data", "hf_rec/ratio", ".3f"), ("rec spread", "rec_spread", ".2f"), ("SWD gen", "swd_gen/avg", ".1f"), ("FD randconv", "fd_randconv/fd", ".3g"),
         ("HP(w) held-out", "hessian/total", ".3g")]
 DIS = [("DCI D", "disentangle/disentanglement", ".3f"), ("DCI C", "disentangle/completeness", ".3f"),
        ("DCI I", "disentangle/informativeness", ".3f"), ("MIG", "disentangle/mig", ".3f")]
+
+
+def cell(d: dict, k: str, f: str) -> str:
+    """One figure, or '–' for a key a row measured before it existed."""
+    return format(d[k], f) if k in d else "–"
 
 
 def row_seed(r: dict, meta: dict) -> int:
@@ -200,7 +219,10 @@ def seed_summary(rows: list[dict], meta: dict) -> list[dict]:
     for v, rs in by.items():
         s = {"variant": v, "seeds": sorted(row_seed(r, meta) for r in rs), "mean": {}, "sd": {}}
         for _, k, _ in COLS + DIS + [("", "train_s", "")]:
-            vals = [float(r["train_s"] if k == "train_s" else r["after"][k]) for r in rs]
+            vals = [float(r["train_s"] if k == "train_s" else r["after"][k]) for r in rs
+                    if k == "train_s" or k in r["after"]]
+            if not vals:
+                continue
             s["mean"][k] = statistics.fmean(vals)
             s["sd"][k] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         out.append(s)
@@ -214,20 +236,20 @@ def table(rows: list[dict], meta: dict) -> str:
            "| variant | seed | " + " | ".join(c[0] for c in COLS) + " | train s |",
            "|---" * (len(COLS) + 3) + "|"]
     for r in rows:
-        cells = [f"{r['before'][k]:{f}} → {r['after'][k]:{f}}" for _, k, f in COLS]
+        cells = [f"{cell(r['before'], k, f)} → {cell(r['after'], k, f)}" for _, k, f in COLS]
         out.append(f"| {r['variant']} | {row_seed(r, meta)} | " + " | ".join(cells) + f" | {r['train_s']:.0f} |")
     out += ["", "Disentanglement of E(x) against the renderer's parameters (after training; before in brackets)",
             "| variant | seed | " + " | ".join(c[0] for c in DIS) + " |", "|---" * (len(DIS) + 2) + "|"]
     for r in rows:
         out.append(f"| {r['variant']} | {row_seed(r, meta)} | " + " | ".join(
-            f"{r['after'][k]:{f}} ({r['before'][k]:{f}})" for _, k, f in DIS) + " |")
+            f"{cell(r['after'], k, f)} ({cell(r['before'], k, f)})" for _, k, f in DIS) + " |")
     summ = seed_summary(rows, meta)
     if any(len(s["seeds"]) > 1 for s in summ):
         out += ["", "After training, mean ± sd over seeds",
                 "| variant | seeds | " + " | ".join(c[0] for c in COLS + DIS) + " | train s |",
                 "|---" * (len(COLS) + len(DIS) + 3) + "|"]
         for s in summ:
-            cells = [f"{s['mean'][k]:{f}} ± {s['sd'][k]:{f}}" for _, k, f in COLS + DIS]
+            cells = [f"{cell(s['mean'], k, f)} ± {cell(s['sd'], k, f)}" for _, k, f in COLS + DIS]
             out.append(f"| {s['variant']} | {len(s['seeds'])} | " + " | ".join(cells) + f" | {s['mean']['train_s']:.0f} |")
     return "\n".join(out)
 

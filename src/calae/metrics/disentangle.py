@@ -70,7 +70,7 @@ def _discretise(a: torch.Tensor, bins: int) -> torch.Tensor:
     """Per column, quantile bins 0..bins-1 (ties share a bin: discrete factors keep their values)."""
     out = torch.empty(a.shape, dtype=torch.long)
     for j in range(a.shape[1]):
-        col = a[:, j]
+        col = a[:, j].contiguous()  # a column view is strided; bucketize wants it contiguous
         edges = torch.quantile(col, torch.linspace(0, 1, bins + 1, dtype=col.dtype)[1:-1])
         out[:, j] = torch.bucketize(col, edges.unique())
     return out
