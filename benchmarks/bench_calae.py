@@ -28,13 +28,13 @@ Variants (``--variants``; the ablations change one thing of ``calae``):
   calae-pixel           pixel_weight=1: phase 4 adds mean (x̂ − x)² to PatchNCE
   calae-pixel-10, -100  pixel_weight=10, 100 (the mean squared error is ~0.3 per value: at 1 its
                         gradient is small beside the adversarial terms)
-  calae-nce-batch       nce_negatives=batch: PatchNCE's negatives also from the other images of the
-                        batch, the same location included, so that a key cannot be told from its
-                        negatives by its position alone
+  calae-nce-image       nce_negatives=image (CUT's choice, the default before 2026-12-06): PatchNCE's
+                        negatives only from the same image, so a key can be told from its
+                        negatives by its position alone (the default takes them from the batch)
   calae-patch           patch_weight=1: a patch discriminator on 16 px tiles of real images against
                         reconstructions, with its generator-side term in phase 4
   calae-patch-both      the same, P also judging samples G(F(z)) (patch_fakes=both)
-  calae-nce-batch-patch nce_negatives=batch and patch_weight=1
+  calae-nce-image-patch nce_negatives=image and patch_weight=1
 
 Results are written after every variant (``--merge`` keeps the other variants' rows of the file
 when it was measured at the same kimg, seed and growth), so a stopped run loses only the running
@@ -77,10 +77,10 @@ VARIANTS = {
     "calae-pixel": ("calae-32", {"pixel_weight": 1.0}),
     "calae-pixel-10": ("calae-32", {"pixel_weight": 10.0}),
     "calae-pixel-100": ("calae-32", {"pixel_weight": 100.0}),
-    "calae-nce-batch": ("calae-32", {"nce_negatives": "batch"}),
+    "calae-nce-image": ("calae-32", {"nce_negatives": "image"}),
     "calae-patch": ("calae-32", {"patch_weight": 1.0}),
     "calae-patch-both": ("calae-32", {"patch_weight": 1.0, "patch_fakes": "both"}),
-    "calae-nce-batch-patch": ("calae-32", {"nce_negatives": "batch", "patch_weight": 1.0}),
+    "calae-nce-image-patch": ("calae-32", {"nce_negatives": "image", "patch_weight": 1.0}),
 }
 METRICS = ["recon", "swd_rec", "swd_gen", "fd_randconv", "disentangle"]
 
@@ -225,6 +225,7 @@ def seed_summary(rows: list[dict], meta: dict) -> list[dict]:
                 continue
             s["mean"][k] = statistics.fmean(vals)
             s["sd"][k] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            s.setdefault("count", {})[k] = len(vals)  # < len(seeds): a column some rows lack
         out.append(s)
     return out
 
@@ -249,7 +250,8 @@ def table(rows: list[dict], meta: dict) -> str:
                 "| variant | seeds | " + " | ".join(c[0] for c in COLS + DIS) + " | train s |",
                 "|---" * (len(COLS) + len(DIS) + 3) + "|"]
         for s in summ:
-            cells = [f"{cell(s['mean'], k, f)} ± {cell(s['sd'], k, f)}" for _, k, f in COLS + DIS]
+            cells = [f"{cell(s['mean'], k, f)} ± {cell(s['sd'], k, f)}" if s["count"].get(k, 0) > 1
+                     else f"{cell(s['mean'], k, f)} (1 seed)" if k in s["mean"] else "–" for _, k, f in COLS + DIS]
             out.append(f"| {s['variant']} | {len(s['seeds'])} | " + " | ".join(cells) + f" | {s['mean']['train_s']:.0f} |")
     return "\n".join(out)
 

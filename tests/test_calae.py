@@ -132,6 +132,7 @@ def test_phases_heads_and_options():
     assert len(m.nets["H"]) == m.nets["E"].levels  # one head per encoder level
     assert make(hessian_wrt="z").phases[-1].nets == ("F", "G")
     assert [p.name for p in make(hessian_weight=0, nce_weight=0).phases] == ["disc", "gen", "recip"]
+    assert CALAEConfig().nce_negatives == "batch"  # the same image's locations alone let position decide
     with pytest.raises(ConfigError, match="nce_negatives"):
         CALAEConfig(nce_negatives="all")
     with pytest.raises(ConfigError, match="arch=style"):
