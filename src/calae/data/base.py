@@ -11,8 +11,8 @@ device, in :func:`to_model_range`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import zlib
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np

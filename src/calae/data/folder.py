@@ -215,16 +215,30 @@ def parse_folder_spec(arg: str) -> tuple[str, dict]:
     return path, out
 
 
+def crop_side(crop: int | None, w: int, h: int) -> int:
+    """The side of multi-crop views: ``crop``, or by default half the image's short side."""
+    return crop or max(1, min(w, h) // 2)
+
+
+def crop_views(im: Image.Image, resolution: int, n: int, side: int, seed: int, name: str,
+               frame_no: int = 0) -> list[Image.Image]:
+    """n fixed crops of ``side`` pixels (``crop_boxes``), each resized to the square resolution:
+    the multi-crop views of an image (folders) or of a video frame. The caller checks side <= the
+    short side."""
+    return [_fit(im.crop(box), resolution, "stretch")
+            for box in crop_boxes(seed, name, frame_no, n, side, *im.size)]
+
+
 def _views(im: Image.Image, resolution: int, fit: str, crops: int, crop: int | None, seed: int,
            name: str) -> list[Image.Image]:
     """The items one decoded image gives: itself fitted to the square, or its multi-crop views."""
     if not crops:
         return [_fit(im, resolution, fit)]
     w, h = im.size
-    side = crop or max(1, min(w, h) // 2)
+    side = crop_side(crop, w, h)
     if side > min(w, h):
         raise _BadImage(f"is {w}x{h}, smaller than crop={side}; use a smaller crop= or drop the file")
-    return [_fit(im.crop(box), resolution, "stretch") for box in crop_boxes(seed, name, 0, crops, side, w, h)]
+    return crop_views(im, resolution, crops, side, seed, name)
 
 
 def _decode(path: Path, resolution: int, channels: int, fit: str, max_pixels: int | None,

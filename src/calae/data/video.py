@@ -50,8 +50,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import Batch, DataError, DataInfo, Dataset, check_image_args, crop_boxes
-from .folder import FITS, _cache_budget, _fit, _to_mode
+from .base import Batch, DataError, DataInfo, Dataset, check_image_args
+from .folder import FITS, _cache_budget, _fit, _to_mode, crop_side, crop_views
 
 __all__ = ["VideoFrames", "BadVideoWarning", "VIDEO_EXTENSIONS", "parse_video_spec", "scan_videos",
            "require_av", "default_cache_dir"]
@@ -360,16 +360,10 @@ class VideoFrames(Dataset):
         im = _to_mode(frame.to_image(), self.channels, (0, 0, 0))
         if self.crops:
             w, h = im.size
-            side = self.crop or max(1, min(w, h) // 2)
+            side = crop_side(self.crop, w, h)
             if side > min(w, h):
                 raise DataError(f"{p}: crop={side} is larger than the frame ({w}x{h}); use crop<={min(w, h)}")
-            outs = []
-            for box in crop_boxes(self.seed, p.name, k, self.crops, side, w, h):
-                c = im.crop(box)
-                if side != R:
-                    c = c.resize((R, R), Image.LANCZOS, reducing_gap=3.0)
-                outs.append(_chw(c))
-            return outs
+            return [_chw(c) for c in crop_views(im, R, self.crops, side, self.seed, p.name, k)]
         return [_chw(_fit(im, R, self.fit))]
 
     # -- cache files ----------------------------------------------------------------------------
